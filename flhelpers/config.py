@@ -1,8 +1,9 @@
 """Experiment configuration, the paper's benchmarks as presets, and validation before training.
 
 :func:`benchmark_config` gives the paper's hyperparameters (PAPER.md section 1) for
-``profile="paper"`` and a small ``quick`` profile that runs in minutes on 2 CPU cores and
-still shows the attack's effect. Any field can be overridden.
+``profile="paper"``, a ``medium`` profile (the paper's structure with fewer rounds and local
+epochs, minutes per run on 2 CPU cores) and a small ``quick`` profile that runs in minutes on 2
+CPU cores and still shows the attack's effect. Any field can be overridden.
 
 :func:`validate_config` checks every setting that can be checked without data and raises a
 :class:`ConfigError` that names the problem and the fix, before any training starts.
@@ -20,12 +21,12 @@ from typing import Any, Callable
 
 import torch
 
-from flhelpers.presets import BENCHMARKS, QUICK
+from flhelpers.presets import BENCHMARKS, MEDIUM, QUICK
 from flhelpers.registry import ATTACKS, DATASETS, DEFENSES, MODELS, Registry
 
-PROFILES = ("paper", "quick")
+PROFILES = ("paper", "medium", "quick")
 #: bumped when a code change alters the numbers of a configuration (see ExperimentConfig.run_id)
-RESULTS_VERSION = 2
+RESULTS_VERSION = 3  # 3: FoolsGold pardoning with a zero diagonal (Fung et al.)
 
 
 class ConfigError(ValueError):
@@ -99,7 +100,7 @@ class ExperimentConfig:
 
 
 def benchmark_config(benchmark: str, profile: str = "paper", **overrides: Any) -> ExperimentConfig:
-    """The preset of ``benchmark`` at ``profile`` (``paper`` or ``quick``), then ``overrides``."""
+    """The preset of ``benchmark`` at ``profile`` (``paper``, ``medium`` or ``quick``), then ``overrides``."""
     key = benchmark.strip().lower()
     if key not in BENCHMARKS:
         raise ConfigError(unknown_benchmark(benchmark))
@@ -108,6 +109,8 @@ def benchmark_config(benchmark: str, profile: str = "paper", **overrides: Any) -
     values: dict[str, Any] = {**BENCHMARKS[key], "benchmark": key, "profile": profile}
     if profile == "quick":
         values.update(QUICK[key])
+    elif profile == "medium":
+        values.update(MEDIUM[key])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return ExperimentConfig.from_dict(values)
 

@@ -69,14 +69,45 @@ _QUICK_PLANS: dict[str, GridPlan] = {
 }
 
 
+#: the rules of the journal's Table 3 (PAPER.md section 5), in its column order
+TABLE3_DEFENSES = ("fedavg", "median", "trimmed-mean", "multi-krum", "foolsgold", "lfighter")
+
+# Medium grids: the committed reference results (results/reference/medium, issue 11). The
+# journal's Table 3 on its three benchmarks (FedAvg without attack, every Table 3 rule at 40 %),
+# and FedAvg, the median and LFighter on MNIST-iid and MNIST-Extreme. CIFAR10-iid has no medium
+# grid (Table 3 uses the Dirichlet split).
+_TABLE3_PLAN = GridPlan(TABLE3_DEFENSES, (0.0, 0.4), "the journal's Table 3: FedAvg at 0 %, its six rules "
+                        "at 40 %", ("fedavg",))
+_MEDIUM_PLANS: dict[str, GridPlan] = {
+    "mnist-mild": _TABLE3_PLAN,
+    "cifar10-mild": _TABLE3_PLAN,
+    "imdb": _TABLE3_PLAN,
+    "mnist-iid": GridPlan(("fedavg", "median", "lfighter"), (0.0, 0.4), "FedAvg at 0 %; FedAvg, median and "
+                          "LFighter at 40 %", ("fedavg",)),
+    "mnist-extreme": GridPlan(("fedavg", "median", "lfighter"), (0.0, 0.4), "FedAvg at 0 %; FedAvg, median "
+                              "and LFighter at 40 % (4 of the 10 source-class holders)", ("fedavg",)),
+}
+
+
+def has_plan(benchmark: str, profile: str) -> bool:
+    """Whether ``benchmark`` has a grid at ``profile`` (the medium profile skips CIFAR10-iid)."""
+    key = benchmark.strip().lower()
+    return profile == "paper" or key in {"quick": _QUICK_PLANS, "medium": _MEDIUM_PLANS}.get(profile, {})
+
+
 def default_plan(benchmark: str, profile: str = "quick") -> GridPlan:
     """The grid of ``benchmark`` at ``profile``: every paper defense and ratio 0-50 % at ``paper``;
-    a subset at ``quick`` that keeps the three notebooks within minutes on 2 CPU cores."""
+    Table 3's structure at ``medium``; a subset at ``quick`` that keeps the three notebooks within
+    minutes on 2 CPU cores."""
     key = benchmark.strip().lower()
     if profile == "paper":
         return GridPlan(tuple(PAPER_DEFENSES), PAPER_RATIOS, "all paper defenses; ratios 0-50 %")
+    if profile == "medium":
+        if key not in _MEDIUM_PLANS:
+            raise ValueError(f"No medium plan for benchmark {benchmark!r}; known: {', '.join(_MEDIUM_PLANS)}.")
+        return _MEDIUM_PLANS[key]
     if profile != "quick":
-        raise ValueError(f"Unknown profile {profile!r}; valid profiles: paper, quick.")
+        raise ValueError(f"Unknown profile {profile!r}; valid profiles: paper, medium, quick.")
     if key not in _QUICK_PLANS:
         raise ValueError(f"No quick plan for benchmark {benchmark!r}; known: {', '.join(_QUICK_PLANS)}.")
     return _QUICK_PLANS[key]
@@ -400,10 +431,13 @@ def _require_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
         raise ValueError(f"Missing columns {missing}; pass the summaries returned by run_grid.")
 
 
-def capture_ratio(benchmark: str) -> float:
+def capture_ratio(benchmark: str, profile: str = "quick") -> float:
     """The attacker ratio of the gradient analyses (sections 1-3): 30 % as in the paper's Figs
     1-5; 40 % on MNIST-Extreme (Fig 6: 4 of the 10 source-class peers) and on IMDB (the ratio
-    of the journal's Table 3; the paper shows no IMDB gradients)."""
+    of the journal's Table 3; the paper shows no IMDB gradients). At ``medium`` always 40 %, the
+    ratio of its grid, so the captured run is the grid's FedAvg run."""
+    if profile == "medium":
+        return 0.4
     return 0.4 if benchmark.strip().lower() in ("mnist-extreme", "imdb") else 0.3
 
 
@@ -413,7 +447,7 @@ def capture_config(benchmark: str, profile: str = "quick", seed: int = 0, **over
     It is also a member of the benchmark's grid when the grid has that ratio, so capturing it
     costs no extra run.
     """
-    return benchmark_config(benchmark, profile, defense="fedavg", attacker_ratio=capture_ratio(benchmark),
+    return benchmark_config(benchmark, profile, defense="fedavg", attacker_ratio=capture_ratio(benchmark, profile),
                             seed=seed, **overrides)
 
 

@@ -1,7 +1,24 @@
-"""The paper's benchmarks (PAPER.md section 1, paper section 6.1) and their quick profile.
+"""The paper's benchmarks (PAPER.md section 1, paper section 6.1) and their shorter profiles.
 
-``BENCHMARKS[name]`` holds the paper's hyperparameters; ``QUICK[name]`` the overrides of the
-``quick`` profile, which runs in minutes on 2 CPU cores and still shows the attack's effect.
+``BENCHMARKS[name]`` holds the ``paper`` profile; ``MEDIUM[name]`` and ``QUICK[name]`` the
+overrides of the ``medium`` profile (the paper's structure, shortened only in time) and the
+``quick`` profile (a smoke-scale run in minutes on 2 CPU cores).
+
+Where the paper's text and the authors' released notebooks (najeebjebreel/LFighter,
+``notebooks/Experiments_*.ipynb`` and ``src/environment_federated.py``) disagree, the notebooks
+produced the published numbers, so ``paper`` follows them; each value names its source:
+
+* MNIST: SGD **lr 0.01**, momentum 0.9, **weight decay 5e-4**. Source: the released MNIST
+  notebook, and the journal's Table 3 whose MNIST row states lr 0.01. The text (section 6.1) says
+  lr 0.001 without weight decay; run side by side for 4 rounds at the paper's structure, lr 0.001
+  reached 10.6 % accuracy and the notebook's setting 60.7 % (issue 11), so the text's value
+  cannot have produced the paper's 200-round curves. Used for all three MNIST splits.
+* CIFAR10: SGD lr 0.01 (text and notebook), momentum 0.9, **weight decay 5e-4** (notebook; the
+  text is silent).
+* IMDB: Adam lr 0.001, no weight decay (text and notebook); 128 tokens, a 20,000-word
+  vocabulary fitted on the training split (:func:`flhelpers.data.imdb.load_imdb` defaults).
+* Rounds, local epochs, batch sizes, peers and splits: the text (section 6.1), which the
+  notebooks repeat.
 """
 
 from __future__ import annotations
@@ -10,9 +27,11 @@ from typing import Any
 
 # The paper's benchmarks (section 6.1). The quick profile shrinks peers, rounds and data.
 _MNIST = dict(dataset="mnist", model="mnist-cnn", rounds=200, local_epochs=3, batch_size=64,
-              optimizer="sgd", lr=0.001, momentum=0.9, source_class=7, target_class=1, num_peers=100)
+              optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, source_class=7, target_class=1,
+              num_peers=100)
 _CIFAR = dict(dataset="cifar10", model="resnet18", rounds=100, local_epochs=3, batch_size=32,
-              optimizer="sgd", lr=0.01, momentum=0.9, source_class=5, target_class=3, num_peers=20)
+              optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, source_class=5, target_class=3,
+              num_peers=20)
 _IMDB = dict(dataset="imdb", model="bilstm", rounds=50, local_epochs=1, batch_size=32,
              optimizer="adam", lr=0.001, momentum=0.0, loss="bce_with_logits",
              source_class=1, target_class=0, num_peers=20, partition="iid")
@@ -24,6 +43,30 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
     "cifar10-iid": {**_CIFAR, "partition": "iid"},
     "cifar10-mild": {**_CIFAR, "partition": "dirichlet", "dirichlet_alpha": 1.0},
     "imdb": dict(_IMDB),
+}
+
+# Medium profile: the paper's structure (every peer, split, sample, model, batch size and
+# optimizer of ``paper``), shortened only in time: 1 local epoch instead of 3 and fewer rounds,
+# at the ``paper`` learning rates (which converge here; see PAPER.md section 1). Budgets were
+# measured on the 2-core development machine with one torch thread per run (two runs side by
+# side): a paper-structure MNIST round of 1 epoch trains in about 4-6 s, an IMDB round (20 peers
+# x 2,000 reviews x 128 tokens) in about 70-90 s, a CIFAR10 round (20 peers over the 10,000
+# training images of the data root's first batch) in about 25-35 s.
+# * MNIST-iid / Mild: 40 rounds (about 4 min a run); FedAvg without attack passes 97 %.
+# * MNIST-Extreme: 80 rounds (about 8 min): one class per peer learns slowly, so it gets twice
+#   the rounds; see README for the accuracy it reaches.
+# * IMDB: 6 rounds of 1 epoch (the paper's local epochs; about 9 min); the BiLSTM passes 84 %.
+# * CIFAR10: 30 rounds of 1 epoch (about 15-20 min) on the 10,000 images present in the shared
+#   data root (one of the five training batches): ResNet18 without augmentation cannot approach
+#   the paper's 65 % from a fifth of the data; see README for what it reaches.
+_MEDIUM_MNIST = dict(rounds=40, local_epochs=1)
+MEDIUM: dict[str, dict[str, Any]] = {
+    "mnist-iid": dict(_MEDIUM_MNIST),
+    "mnist-mild": dict(_MEDIUM_MNIST),
+    "mnist-extreme": {**_MEDIUM_MNIST, "rounds": 80},
+    "cifar10-iid": dict(rounds=30, local_epochs=1),
+    "cifar10-mild": dict(rounds=30, local_epochs=1),
+    "imdb": dict(rounds=6),
 }
 
 # Quick profile: the three notebooks together in about 10 minutes on 2 CPU cores (see

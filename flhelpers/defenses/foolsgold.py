@@ -10,7 +10,11 @@ FoolsGold down-weights peers whose *update histories* are too similar. Per peer 
 (the output layer's weights and bias, as in the LFighter paper's comparison;
 ``use_output_layer=False`` uses the whole update). Each round, for the peers present:
 
-1. ``cs_ij = cos(H_i, H_j)`` for ``i != j`` (the diagonal is excluded); ``v_i = max_j cs_ij``.
+1. ``cs_ij = cos(H_i, H_j)`` for ``i != j`` and ``cs_ii = 0``; ``v_i = max_j cs_ij``, so
+   ``v_i >= 0``. (Fung et al.'s code subtracts the identity from the cosine matrix, putting 0 on
+   the diagonal. Excluding the diagonal instead lets ``v_i`` go negative, and a peer whose most
+   similar peer is dissimilar would then get ``cs_ij * v_i / v_j > 0`` from the pardoning and be
+   penalised as a sybil.)
 2. Pardoning: if ``v_j > v_i`` then ``cs_ij <- cs_ij * v_i / v_j``.
 3. ``alpha_i = 1 - max_j cs_ij``, clipped to ``[0, 1]``.
 4. ``alpha <- alpha / max(alpha)``; ``alpha_i = 0.99`` where ``alpha_i == 1``.
@@ -55,10 +59,9 @@ def foolsgold_weights(histories: torch.Tensor, kappa: float = 1.0) -> torch.Tens
     unit = torch.where(norms > 0, h / norms.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(h))
     cs = (unit @ unit.t()).clamp(-1.0, 1.0)
     cs = torch.where(cs > 1 - COSINE_TOLERANCE, torch.ones_like(cs), cs)
-    cs.fill_diagonal_(-math.inf)
+    cs.fill_diagonal_(0.0)  # Fung et al.: cos(H_i, H_i) - 1 = 0, so v_i >= 0
     v = cs.max(dim=1).values  # (K,)
-    # pardoning: cs_ij *= v_i / v_j where v_j > v_i (v_j = 0 there only if v_i < 0; we then
-    # scale by v_i instead of dividing by zero)
+    # pardoning: cs_ij *= v_i / v_j where v_j > v_i >= 0, so v_j > 0
     pardon = v.unsqueeze(0) > v.unsqueeze(1)  # [i, j]: v_j > v_i
     ratio = v.unsqueeze(1) / torch.where(v == 0, torch.ones_like(v), v).unsqueeze(0)
     cs = torch.where(pardon, cs * ratio, cs)

@@ -1,0 +1,57 @@
+"""Compute the committed reference runs of a profile (issue 11) into ``results/reference/<profile>``.
+
+    python tools/run_reference.py --profile medium --benchmarks mnist-mild mnist-iid [--threads 1]
+
+Runs the :func:`flhelpers.grid.make_grid` plan of each benchmark one after another, one torch
+thread per process by default (the tests also run on one thread, so a test can recompute a
+reference run's first rounds exactly). The FedAvg run at the capture ratio is computed through
+:func:`flhelpers.analysis.capture_gradients`, so the notebooks find its gradient analyses too.
+Finished runs are skipped and unfinished ones resume, so the script can be stopped and started
+again. ``--only`` keeps the configurations whose defense is listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from flhelpers.analysis import capture_gradients
+from flhelpers.engine import run_experiment
+from flhelpers.grid import capture_config, make_grid
+from flhelpers.results import is_finished, run_dir
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="medium")
+    p.add_argument("--benchmarks", nargs="+", required=True)
+    p.add_argument("--only", nargs="*", default=None, help="defenses to run (default: the whole plan)")
+    p.add_argument("--skip", nargs="*", default=(), help="defenses to leave out")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--results-dir", default=None, help="default: results/reference/<profile>")
+    p.add_argument("--data-root", default=os.environ.get("FLHELPERS_DATA"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.results_dir or f"results/reference/{args.profile}")
+    for b in args.benchmarks:
+        capture_id = capture_config(b, args.profile).run_id()
+        for cfg in make_grid(b, args.profile):
+            if (args.only is not None and cfg.defense not in args.only) or cfg.defense in args.skip:
+                continue
+            rid = cfg.run_id()
+            done = is_finished(run_dir(out, rid))
+            t0 = time.time()
+            if rid == capture_id:
+                capture_gradients(cfg, args.data_root, out, progress=False)
+            elif not done:
+                run_experiment(cfg, data_root=args.data_root, results_dir=out, progress=False)
+            print(f"{time.strftime('%H:%M:%S')} {b} {cfg.defense} {cfg.attacker_ratio:.0%} {rid} "
+                  f"{'reused' if done and rid != capture_id else f'{time.time() - t0:.0f} s'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
