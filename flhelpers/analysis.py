@@ -351,11 +351,11 @@ def _capture_in_worker(cfg: ExperimentConfig, data_root: str | Path | None, resu
 
 
 def capture_all(configs: Sequence[ExperimentConfig], data_root: str | Path | None = None,
-                results_dir: str | Path = "results", workers: int = 1) -> list[GradientCapture]:
+                results_dir: str | Path = "results", workers: int = 1, force: bool = False) -> list[GradientCapture]:
     """:func:`capture_gradients` for several runs (last round's PCA, Table 1), in ``configs`` order.
 
-    Captures already stored are read back; the others run in up to ``workers`` processes (each
-    with ``cores // workers`` torch threads), as :func:`flhelpers.grid.run_grid` does.
+    Captures already stored are read back (unless ``force``); the others run in up to ``workers``
+    processes (each with ``cores // workers`` torch threads), as :func:`flhelpers.grid.run_grid` does.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -366,7 +366,7 @@ def capture_all(configs: Sequence[ExperimentConfig], data_root: str | Path | Non
     todo = []
     for i, cfg in enumerate(configs):
         folder = Path(results_dir) / "captures" / f"{cfg.run_id()}-r{cfg.rounds - 1}"
-        if (folder / "capture.json").is_file():
+        if not force and (folder / "capture.json").is_file():
             out[i] = GradientCapture.load(folder)
         else:
             todo.append(i)

@@ -163,20 +163,20 @@ def _describe(cfg: ExperimentConfig) -> str:
 
 
 def _run_one(cfg: ExperimentConfig, data_root: str | Path | None, results_dir: str | Path, progress: bool,
-             threads: int | None = None) -> tuple[dict[str, Any], bool, float]:
+             threads: int | None = None, force: bool = False) -> tuple[dict[str, Any], bool, float]:
     """One run of a grid (also the body of a worker process): (summary, reused, seconds)."""
     from flhelpers.engine import run_experiment
 
     if threads is not None:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    res = run_experiment(cfg, data_root=data_root, results_dir=results_dir, progress=progress)
+    res = run_experiment(cfg, data_root=data_root, results_dir=results_dir, progress=progress, force=force)
     return res.summary, res.reused, time.perf_counter() - t0
 
 
 def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None = None,
              results_dir: str | Path = "results", progress: bool = True,
-             round_progress: bool = False, workers: int = 1) -> pd.DataFrame:
+             round_progress: bool = False, workers: int = 1, force: bool = False) -> pd.DataFrame:
     """Run every configuration (reusing finished runs) and return one row of summary per run.
 
     ``progress`` shows one bar over the grid's runs; ``round_progress`` also a bar over each
@@ -190,6 +190,7 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
     Columns: every config field, every summary field (:func:`flhelpers.metrics.summarize`),
     ``run_id``, ``reused`` (read back rather than computed) and ``wall_time`` (seconds the run
     took). Rows keep the order of ``configs``; an error names the failing configuration.
+    ``force`` recomputes every run, finished or not.
     """
     configs = list(configs)
     ids = [c.run_id() for c in configs]
@@ -198,7 +199,7 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}.")
     done: dict[int, tuple[dict[str, Any], bool, float]] = {}
-    pending = [i for i, c in enumerate(configs) if not is_finished(run_dir(results_dir, ids[i]))]
+    pending = [i for i, c in enumerate(configs) if force or not is_finished(run_dir(results_dir, ids[i]))]
     bar = tqdm(total=len(configs), desc="grid", unit="run", disable=not progress)
     for i, cfg in enumerate(configs):  # finished runs: read back, no training
         if i not in pending:
@@ -212,7 +213,7 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
         for i in pending:
             bar.set_postfix_str(_describe(configs[i]))
             try:
-                done[i] = _run_one(configs[i], data_root, results_dir, progress and round_progress)
+                done[i] = _run_one(configs[i], data_root, results_dir, progress and round_progress, force=force)
             except Exception as exc:
                 raise failed(i, exc) from exc
             bar.update(1)
@@ -220,7 +221,7 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
         threads = max(1, torch.get_num_threads() // workers)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
-            futures = {pool.submit(_run_one, configs[i], data_root, results_dir, False, threads): i
+            futures = {pool.submit(_run_one, configs[i], data_root, results_dir, False, threads, force): i
                        for i in pending}
             for future in as_completed(futures):
                 i = futures[future]

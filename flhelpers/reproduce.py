@@ -1,7 +1,9 @@
 """Run the benchmark notebooks headless with papermill (``make reproduce``).
 
-    python -m flhelpers reproduce --profile quick            # the three notebooks, minutes
-    python -m flhelpers reproduce --profile paper MNIST      # one notebook at the paper's scale
+    python -m flhelpers reproduce --profile quick            # all five notebooks, minutes
+    python -m flhelpers reproduce --profile medium           # the benchmark notebooks over the
+                                                             # committed reference runs
+    python -m flhelpers reproduce --profile paper --notebooks MNIST   # the paper's scale
 
 Each notebook ``notebooks/<NAME>.ipynb`` is executed with its parameters cell overridden by
 ``profile``, ``results_dir``, ``data_root`` and ``device`` (plus any ``parameters``); the
@@ -9,6 +11,11 @@ executed copy goes to ``<results_dir>/notebooks/<NAME>.ipynb`` and the wall time
 ``<results_dir>/notebooks/timings.csv`` (one row per notebook and profile, the latest run). Figures and tables are written by the notebooks
 themselves (``<results_dir>/figures``, ``<results_dir>/tables``). Finished runs are reused, so
 a second call only re-draws.
+
+At ``medium`` the results store defaults to the committed reference results
+(``results/reference/medium``, :mod:`flhelpers.reference`): the three benchmark notebooks read
+every run back instead of computing it (``force=True`` recomputes), and ``table3.csv`` /
+``table3.md`` are written beside them. The Related and Privacy notebooks have no medium profile.
 """
 
 from __future__ import annotations
@@ -102,33 +109,46 @@ def write_timings(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None, results_dir: str | Path = "results",
-              data_root: str | Path | None = None, device: str = "cpu", parameters: dict[str, Any] | None = None,
-              log_output: bool = False) -> int:
+def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
+              results_dir: str | Path | None = None, data_root: str | Path | None = None, device: str = "cpu",
+              parameters: dict[str, Any] | None = None, log_output: bool = False, force: bool = False) -> int:
     """Execute the benchmark notebooks with papermill; return 0 when every one succeeded, else 1.
 
     Args:
-        profile: ``quick`` (minutes on 2 CPU cores) or ``paper`` (the paper's scale).
+        profile: ``quick`` (minutes on 2 CPU cores), ``medium`` (the paper's structure, fewer
+            rounds; committed reference results) or ``paper`` (the paper's scale).
         notebooks: names among ``MNIST``, ``CIFAR10``, ``IMDB``, ``Related``, ``Privacy``
-            (default all five).
-        results_dir: the results store; executed notebooks go to ``<results_dir>/notebooks``.
+            (default all five; at ``medium`` the three benchmark notebooks).
+        results_dir: the results store; executed notebooks go to ``<results_dir>/notebooks``
+            (default :func:`flhelpers.reference.default_results_dir`: ``results``, or
+            ``results/reference/medium`` at ``medium``).
         data_root: the data root (default ``$FLHELPERS_DATA``, else ``./data``), passed as an
             absolute path so the kernel's working directory does not matter.
         device: ``cpu`` or ``cuda``.
         parameters: further notebook parameters (e.g. ``{"rounds": 2}``), overriding the above.
         log_output: stream the notebooks' output to this process's output.
+        force: recompute every run of the notebooks' grids even where a finished one exists.
     """
+    from flhelpers.reference import default_results_dir, write_table3
+
     import papermill as pm
 
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}.")
+    if profile == "medium" and notebooks is None:
+        notebooks = list(NOTEBOOKS)
     sources = resolve_notebooks(notebooks, notebooks_dir())
-    results = Path(results_dir).resolve()
+    if profile == "medium":
+        no_medium = [s.stem for s in sources if s.stem not in NOTEBOOKS]
+        if no_medium:
+            raise ValueError(f"The {', '.join(no_medium)} notebook(s) have no medium profile; run them with "
+                             f"--profile quick or paper, or leave them out.")
+    results = Path(results_dir if results_dir is not None else default_results_dir(profile)).resolve()
     out_dir = results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"profile": profile, "results_dir": str(results),
               "data_root": str(resolve_data_root(data_root).resolve()), "device": device,
-              **(parameters or {})}
+              **({"force": True} if force else {}), **(parameters or {})}
     kernel = ensure_kernel()
     rows, failed = [], []
     for src in sources:
@@ -146,6 +166,9 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None, re
         print(f"[reproduce] {src.stem}: {status} ({seconds / 60:.1f} min)", flush=True)
         rows.append({"notebook": src.stem, "profile": profile, "seconds": round(seconds, 1), "status": status})
     write_timings(out_dir / "timings.csv", pd.DataFrame(rows))
+    if profile == "medium":
+        write_table3(results, profile)
+        print(f"[reproduce] Table 3 beside the paper: {results / 'table3.md'}")
     if failed:
         print(f"[reproduce] failed: {', '.join(failed)}; open {out_dir} to see the failing cell.", file=sys.stderr)
         return 1

@@ -487,4 +487,9 @@ def test_constructor_validation() -> None:
         LFighter(distribution="noniid")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="n_init"):
         LFighter(n_init=0)
-    assert repr(LFighter("mild", 3)) == "LFighter(distribution='mild', n_init=3)"
+    with pytest.raises(ValueError, match="extreme_features"):
+        LFighter(extreme_features="stacked")
+    with pytest.raises(ValueError, match="min_samples"):
+        LFighter(min_samples=0)
+    assert repr(LFighter("mild", 3)) == ("LFighter(distribution='mild', n_init=3, extreme_features='in-place', "
+                                         "min_samples=None)")

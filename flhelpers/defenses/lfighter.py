@@ -75,6 +75,7 @@ from flhelpers.params import ParamLayout
 
 Distribution = Literal["auto", "iid", "mild", "extreme"]
 _DISTRIBUTIONS = ("auto", "iid", "mild", "extreme")
+_EXTREME_FEATURES = ("in-place", "concat")
 _MIN_PEERS = 3
 _SCORE_RTOL = 1e-9
 
@@ -199,7 +200,18 @@ def extreme_features(rows: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return np.where(keep[:, :, None], rows, 0.0).reshape(k, -1)
 
 
-def filter_extreme(features: np.ndarray, output_grads: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def concat_features(rows: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Procedure 2's input read literally: ``[g_{k,imax1_k}, g_{k,imax2_k}]``, shape ``(K, 2*(in+1))``.
+
+    The two rows are concatenated in the order of their magnitudes; *which* neurons they belong
+    to is lost (compare :func:`extreme_features`).
+    """
+    k = rows.shape[0]
+    return rows[np.arange(k)[:, None], pairs].reshape(k, -1)
+
+
+def filter_extreme(features: np.ndarray, output_grads: np.ndarray,
+                   min_samples: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Procedure 2 (FILTER_EXTREME): a ``(K,)`` bool mask of bad peers and what was found.
 
     ``features`` is ``(K, F)`` (each peer's rows of its own two largest neurons);
@@ -216,7 +228,7 @@ def filter_extreme(features: np.ndarray, output_grads: np.ndarray) -> tuple[np.n
         return bad, {"reason": f"fewer than {_MIN_PEERS} peers: all accepted"}
     if _distinct_rows(x) < 2:
         return bad, {"reason": "all features identical: all accepted"}
-    labels = np.asarray(HDBSCAN(min_cluster_size=2, copy=True).fit(x).labels_, dtype=int)
+    labels = np.asarray(HDBSCAN(min_cluster_size=2, min_samples=min_samples, copy=True).fit(x).labels_, dtype=int)
     info: dict[str, Any] = {"labels": labels.tolist()}
     if np.all(labels < 0):
         info["reason"] = "HDBSCAN labelled every peer noise: all accepted"
@@ -285,7 +297,16 @@ class LFighter(Defense):
 
     name = "lfighter"
 
-    def __init__(self, distribution: Distribution = "auto", n_init: int = 10) -> None:
+    def __init__(self, distribution: Distribution = "auto", n_init: int = 10,
+                 extreme_features: str = "in-place", min_samples: int | None = None) -> None:
+        if extreme_features not in _EXTREME_FEATURES:
+            raise ValueError(f"extreme_features must be one of {', '.join(map(repr, _EXTREME_FEATURES))}; "
+                             f"got {extreme_features!r}.")
+        if min_samples is not None and (isinstance(min_samples, bool) or not isinstance(min_samples, int)
+                                        or min_samples < 1):
+            raise ValueError(f"min_samples must be a positive integer or None; got {min_samples!r}.")
+        self.extreme_features = extreme_features
+        self.min_samples = min_samples
         if distribution not in _DISTRIBUTIONS:
             raise ValueError(
                 f"distribution must be one of {', '.join(map(repr, _DISTRIBUTIONS))}; got {distribution!r}."
@@ -326,9 +347,10 @@ class LFighter(Defense):
             bad, found = filter_mild(features, seed=ctx.seed, n_init=self.n_init)
         else:
             pairs = top_two(mags)  # (K, 2)
-            features = extreme_features(rows_np, pairs)
+            make = extreme_features if self.extreme_features == "in-place" else concat_features
+            features = make(rows_np, pairs)
             info["peer_top_neurons"] = pairs.tolist()
-            bad, found = filter_extreme(features, rows_np)
+            bad, found = filter_extreme(features, rows_np, self.min_samples)
         info.update(found)
 
         accepted = torch.as_tensor(~bad, dtype=torch.bool, device=updates.device)
@@ -337,4 +359,5 @@ class LFighter(Defense):
         return result
 
     def __repr__(self) -> str:
-        return f"LFighter(distribution={self.distribution!r}, n_init={self.n_init})"
+        return (f"LFighter(distribution={self.distribution!r}, n_init={self.n_init}, "
+                f"extreme_features={self.extreme_features!r}, min_samples={self.min_samples!r})")
