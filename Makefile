@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
-RESULTS ?= results
+RESULTS ?=
 export FLHELPERS_DATA ?= $(CURDIR)/data
 
 .PHONY: install test test-fast reproduce benchmarks clean-results
@@ -24,11 +24,11 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
 
 reproduce: $(VENV)/.installed
-	$(PY) -m flhelpers reproduce --profile $(PROFILE) --results-dir $(RESULTS)
+	$(PY) -m flhelpers reproduce --profile $(PROFILE) $(if $(RESULTS),--results-dir $(RESULTS),)
 
 benchmarks: $(VENV)/.installed
 	$(PY) benchmarks/aggregation.py
 	$(PY) benchmarks/round_speed.py
 
 clean-results:
-	rm -rf $(RESULTS)/runs $(RESULTS)/notebooks
+	rm -rf $(or $(RESULTS),results)/runs $(or $(RESULTS),results)/notebooks

@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("reproduce", help="run the benchmark notebooks headless with papermill")
     rep.add_argument("--profile", default="quick", choices=PROFILES)
     rep.add_argument("--notebooks", nargs="*", default=None, help="names, e.g. MNIST IMDB (default: all)")
-    rep.add_argument("--results-dir", default="results")
+    rep.add_argument("--results-dir", default=None,
+                     help="default: results, or results/reference/medium (the committed runs) at medium")
+    rep.add_argument("--force", action="store_true", help="recompute every run even where a finished one exists")
     rep.add_argument("--data-root", default=None)
     rep.add_argument("--device", default="cpu")
     return p
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return reproduce(profile=args.profile, notebooks=args.notebooks,
                              results_dir=args.results_dir, data_root=args.data_root,
-                             device=args.device)
+                             device=args.device, force=args.force)
         return cmd_run(args)
     except (ConfigError, ValueError, FileNotFoundError, DataCorruptError) as exc:
         print(f"error: {exc}", file=sys.stderr)

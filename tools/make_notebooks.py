@@ -188,26 +188,30 @@ each attacker flips **all** its source-class labels and otherwise trains honestl
 
 {QUICK_NOTES[name]}
 
-Headless: `make reproduce` (all notebooks, `quick`) or `make reproduce PROFILE=paper`; executed copies
-land in `results/notebooks/`, figures in `results/figures/<benchmark>/` (PNG), tables in
-`results/tables/` (CSV and Markdown). Finished runs are reused: re-running the notebook only draws,
-and an interrupted grid continues where it stopped.
+Headless: `make reproduce` (all notebooks, `quick`), `make reproduce PROFILE=medium` (the paper's
+structure with fewer rounds, drawn from the committed reference runs in `results/reference/medium/`)
+or `make reproduce PROFILE=paper`; executed copies land in `<results>/notebooks/`, figures in
+`<results>/figures/<benchmark>/` (PNG), tables in `<results>/tables/` (CSV and Markdown), where
+`<results>` is `results/` (`results/reference/medium/` at `medium`). Finished runs are reused:
+re-running the notebook only draws, and an interrupted grid continues where it stopped.
 """),
         _md("## Parameters\n\nPapermill overrides this cell (`-p name value`). `None` means: the profile's default."),
         _code(f"""
-profile = "quick"        # "quick" (minutes on 2 CPU cores) or "paper" (the paper's scale)
+profile = "quick"        # "quick" (minutes on 2 CPU cores), "medium" (the paper's structure, fewer
+                         # rounds; committed reference runs) or "paper" (the paper's scale)
 benchmarks = None        # None: all of [{bench_list}]
 defenses = None          # None: the profile's plan per benchmark (table below)
 attacker_ratios = None   # None: the profile's plan, e.g. [0.0, 0.3]
 seeds = [0]              # one run per seed; tables average over seeds
 device = "cpu"           # "cpu" or "cuda"
 data_root = None         # None: $FLHELPERS_DATA, else ./data
-results_dir = "results"  # runs, figures, tables
+results_dir = None       # runs, figures, tables; None: results/reference/medium at medium, else results
 rounds = None            # override the profile's number of training rounds
 peers = None             # override the profile's number of peers
 config_overrides = {{}}    # any other ExperimentConfig field for every run, e.g. {{"train_subset": 2000}}
 workers = 2              # processes for the grid's runs (2 suits a 2-core machine; 1: in this kernel)
 gradient_analyses = True # sections 1-3 (one extra run per benchmark when its ratio is not in the grid)
+force = False            # recompute every run even where a finished one exists
 """, tags=["parameters"]),
         _code(f"""
 import warnings
@@ -220,10 +224,13 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm falls b
 from flhelpers import plots
 from flhelpers.analysis import capture_all, magnitude_trace
 from flhelpers.grid import (PAPER_FIGURE_READINGS, TABLE3_BENCHMARKS, capture_config, check_findings,
-                            grid_rounds, make_grid, paper_comparison, plan_table, run_grid,
+                            grid_rounds, has_plan, make_grid, paper_comparison, plan_table, run_grid,
                             stability_ratio, write_benchmark_tables, write_table)
+from flhelpers.reference import default_results_dir
 
-BENCHMARKS = list(benchmarks or [{bench_list}])
+results_dir = str(results_dir or default_results_dir(profile))
+# the medium profile has no CIFAR10-iid grid (Table 3 uses the Dirichlet split)
+BENCHMARKS = list(benchmarks or [b for b in [{bench_list}] if has_plan(b, profile)])
 overrides = dict(rounds=rounds, num_peers=peers, device=device, **config_overrides)
 plan = {{b: make_grid(b, profile, defenses, attacker_ratios, seeds, **overrides) for b in BENCHMARKS}}
 TITLES = {{b: plots.scale_title(plan[b][0]) for b in BENCHMARKS}}
@@ -234,7 +241,8 @@ plan_table(plan)
 ## 1. Peers' gradients through PCA ({spec['pca_figs']})
 
 One run of FedAvg with 30 % attackers (40 % on MNIST-Extreme, 4 of the 10 source-class holders at
-the paper's scale, and on IMDB, the ratio of the journal's Table 3); it is also the grid's FedAvg
+the paper's scale, and on IMDB, the ratio of the journal's Table 3; 40 % everywhere at the `medium`
+profile, whose grid is Table 3's); it is also the grid's FedAvg
 run at that ratio, so it costs nothing extra. At its last round, the first two principal components of each peer's
 gradient `(W_global - W_local) / lr`: (a) the whole update, (b) the output layer, (c) the source and
 target neurons only. **Look for:** honest peers (blue circles) and attackers (orange crosses)
@@ -245,7 +253,7 @@ iid the data, the more (a) mixes them.{" On MNIST-Extreme honest peers are colou
 captures = {}
 if gradient_analyses:
     configs = [capture_config(b, profile, seed=seeds[0], **overrides) for b in BENCHMARKS]
-    captures = dict(zip(BENCHMARKS, capture_all(configs, data_root, results_dir, workers=workers)))
+    captures = dict(zip(BENCHMARKS, capture_all(configs, data_root, results_dir, workers=workers, force=force)))
 for b, c in captures.items():
     fig = plots.plot_pca(c.pca, f"{TITLES[b]}, {c.config.attacker_ratio:.0%} attackers",
                          color_by_class=(b == "mnist-extreme"))
@@ -297,7 +305,7 @@ accuracy, source-class accuracy and attack success rate. Tables per metric go to
 """),
         _code("""
 summaries = run_grid([c for configs in plan.values() for c in configs], data_root, results_dir,
-                     workers=workers)
+                     workers=workers, force=force)
 tables = {}
 for b in BENCHMARKS:
     part = summaries[summaries["benchmark"] == b]
