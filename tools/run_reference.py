@@ -7,7 +7,9 @@ thread per process by default (the tests also run on one thread, so a test can r
 reference run's first rounds exactly). The FedAvg run at the capture ratio is computed through
 :func:`flhelpers.analysis.capture_gradients`, so the notebooks find its gradient analyses too.
 Finished runs are skipped and unfinished ones resume, so the script can be stopped and started
-again. ``--only`` keeps the configurations whose defense is listed.
+again. ``--only`` keeps the configurations whose defense is listed. A run being computed holds
+``runs/<run-id>.lock``, so two processes can work through the same plan (one with
+``--reverse``); remove stale locks after a crash.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def main() -> None:
     p.add_argument("--only", nargs="*", default=None, help="defenses to run (default: the whole plan)")
     p.add_argument("--skip", nargs="*", default=(), help="defenses to leave out")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reverse", action="store_true", help="run each benchmark's plan last run first "
+                   "(a second process on the same benchmarks then meets the first in the middle)")
     p.add_argument("--results-dir", default=None, help="default: results/reference/<profile>")
     p.add_argument("--data-root", default=os.environ.get("FLHELPERS_DATA"))
     args = p.parse_args()
@@ -39,16 +43,26 @@ def main() -> None:
     out = Path(args.results_dir or f"results/reference/{args.profile}")
     for b in args.benchmarks:
         capture_id = capture_config(b, args.profile).run_id()
-        for cfg in make_grid(b, args.profile):
+        configs = make_grid(b, args.profile)
+        for cfg in reversed(configs) if args.reverse else configs:
             if (args.only is not None and cfg.defense not in args.only) or cfg.defense in args.skip:
                 continue
             rid = cfg.run_id()
             done = is_finished(run_dir(out, rid))
+            lock = out / "runs" / f"{rid}.lock"
+            if not done:
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                try:  # another process computes this run: leave it to that one
+                    os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    print(f"{b} {cfg.defense} {cfg.attacker_ratio:.0%} {rid}: locked by another process", flush=True)
+                    continue
             t0 = time.time()
             if rid == capture_id:
                 capture_gradients(cfg, args.data_root, out, progress=False)
             elif not done:
                 run_experiment(cfg, data_root=args.data_root, results_dir=out, progress=False)
+            lock.unlink(missing_ok=True)
             print(f"{time.strftime('%H:%M:%S')} {b} {cfg.defense} {cfg.attacker_ratio:.0%} {rid} "
                   f"{'reused' if done and rid != capture_id else f'{time.time() - t0:.0f} s'}", flush=True)
 
