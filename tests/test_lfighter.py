@@ -21,10 +21,13 @@ from flhelpers.defenses.lfighter import (
     LFighter,
     cluster_inverse_density,
     cluster_scores,
+    concat_features,
     detect_distribution,
+    extreme_features,
     filter_extreme,
     filter_mild,
     pairwise_angles,
+    top_two,
 )
 from flhelpers.params import ParamLayout
 
@@ -491,5 +494,59 @@ def test_constructor_validation() -> None:
         LFighter(extreme_features="stacked")
     with pytest.raises(ValueError, match="min_samples"):
         LFighter(min_samples=0)
-    assert repr(LFighter("mild", 3)) == ("LFighter(distribution='mild', n_init=3, extreme_features='in-place', "
-                                         "min_samples=None)")
+    assert repr(LFighter("mild", 3)) == ("LFighter(distribution='mild', n_init=3, extreme_features='concat', "
+                                         "min_samples=3)")
+
+
+def _extreme_rows(rng: np.random.Generator, second_neurons: list[int], top: int, hidden: np.ndarray,
+                  second_scale: float = 0.3) -> np.ndarray:
+    """Output-layer gradient rows ``(C, in+1)`` of a one-class peer: a large row at ``top`` built on
+    the class's hidden features, a smaller one at a second neuron that varies between peers."""
+    rows = np.zeros((4, hidden.size + 1))
+    rows[top, :-1] = -hidden * (1 + 0.02 * rng.standard_normal(hidden.size))
+    rows[top, -1] = -1.0
+    rows[second_neurons[0], :-1] = second_scale * hidden * (1 + 0.02 * rng.standard_normal(hidden.size))
+    rows[second_neurons[0], -1] = second_scale
+    return rows
+
+
+def test_extreme_default_keeps_each_class_together_where_the_old_reading_split_it() -> None:
+    """Issue 11: honest peers of one class whose *second* neuron differs (the class the model
+    confuses them with varies between peers). The default (rows concatenated, the hdbscan
+    package's neighbourhood = scikit-learn ``min_samples=3``) finds one cluster per class and
+    rejects nobody; the earlier reading (rows in place, scikit-learn's ``min_samples=2``) splits
+    each class by its second neuron and rejects the smaller part, 2 honest peers per class; the
+    smaller neighbourhood alone already splits a class. Four classes x 5 peers, no attackers."""
+    rng = np.random.default_rng(0)
+    hidden = {c: rng.standard_normal(6) + 3 * np.eye(6)[c] for c in range(4)}
+    peers = []
+    for c in range(4):
+        others = [o for o in range(4) if o != c]
+        for second in (others[0], others[0], others[0], others[1], others[1]):  # two peers' second neuron differs
+            peers.append(_extreme_rows(rng, [second], c, hidden[c]))
+    rows = np.stack(peers)
+    pairs = top_two(np.linalg.norm(rows, axis=-1))
+    bad, info = filter_extreme(concat_features(rows, pairs), rows, min_samples=3)
+    assert not bad.any(), info
+    assert sorted(np.bincount(info["labels"])) == [5, 5, 5, 5]  # one cluster per class
+    bad_old, info_old = filter_extreme(extreme_features(rows, pairs), rows, min_samples=None)
+    assert bad_old.sum() == 8 and len(set(info_old["labels"])) == 8
+    assert filter_extreme(concat_features(rows, pairs), rows, min_samples=None)[0].any()
+
+
+def test_lfighter_passes_its_extreme_settings_to_procedure_2() -> None:
+    layout = make_layout(4, 6)
+    rng = np.random.default_rng(1)
+    hidden = {c: rng.standard_normal(6) + 3 * np.eye(6)[c] for c in range(4)}
+    rows = np.stack([_extreme_rows(rng, [(c + 1) % 4], c, hidden[c]) for c in range(4) for _ in range(3)])
+    updates = torch.zeros(len(rows), layout.dim, dtype=torch.float64)
+    updates[:, layout.output_weight] = torch.as_tensor(-LR * rows[:, :, :-1].reshape(len(rows), -1))
+    updates[:, layout.output_bias] = torch.as_tensor(-LR * rows[:, :, -1])
+    ctx = context(layout)
+    for kind, ms in (("concat", 3), ("in-place", 2), ("concat", None)):
+        res = LFighter("extreme", extreme_features=kind, min_samples=ms)(updates, ctx)
+        grads = ctx.gradients(layout.output_rows(updates)).numpy()
+        feats = (concat_features if kind == "concat" else extreme_features)(grads, top_two(np.linalg.norm(grads, axis=-1)))
+        bad, info = filter_extreme(feats, grads, ms)
+        assert res.info["labels"] == info["labels"]
+        assert res.accepted.numpy().tolist() == (~bad).tolist()

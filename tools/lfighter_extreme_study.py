@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from flhelpers.config import benchmark_config
-from flhelpers.defenses.lfighter import concat_features, extreme_features, filter_extreme, top_two
+from flhelpers.defenses.lfighter import LFighter, concat_features, extreme_features, filter_extreme, top_two
 from flhelpers.engine import build_experiment, run_experiment
 from flhelpers.grid import to_markdown
 
@@ -68,16 +68,20 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ratio", type=float, default=0.4)
-    p.add_argument("--features", default="in-place", choices=("in-place", "concat"))
-    p.add_argument("--min-samples", type=int, default=None)
+    p.add_argument("--features", default="concat", choices=("in-place", "concat"))
+    p.add_argument("--min-samples", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="results/lfighter-extreme")
+    p.add_argument("--runs-dir", default=None, help="results store of the run (default: <out>/runs); with the "
+                   "default variant and the medium profile's 80 rounds the run is the committed reference run")
     p.add_argument("--data-root", default=os.environ.get("FLHELPERS_DATA"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    defaults = LFighter()
+    kwargs = ({} if (args.features, args.min_samples) == (defaults.extreme_features, defaults.min_samples)
+              else {"extreme_features": args.features, "min_samples": args.min_samples})
     cfg = benchmark_config("mnist-extreme", "medium", defense="lfighter", attacker_ratio=args.ratio,
-                           seed=args.seed, rounds=args.rounds,
-                           defense_kwargs={"extreme_features": args.features, "min_samples": args.min_samples})
+                           seed=args.seed, rounds=args.rounds, defense_kwargs=kwargs)
     exp = build_experiment(cfg, args.data_root)
     classes_all = exp.partition.histogram.argmax(axis=1)
     records: list[dict[str, Any]] = []
@@ -97,12 +101,14 @@ def main() -> None:
                         "tpr": float(actual[attackers].mean()), "fpr": float((actual & ~attackers).sum() / (~attackers).sum())})
 
     out = Path(args.out)
-    res = run_experiment(cfg, data_root=args.data_root, results_dir=out / "runs", dataset=exp.dataset, force=True,
+    res = run_experiment(cfg, data_root=args.data_root, results_dir=args.runs_dir or out / "runs",
+                         dataset=exp.dataset, force=True,
                          progress=True, on_round=on_round, checkpoint_every=0)
     metrics = pd.read_csv(Path(res.path) / "metrics.csv")
     frame = pd.DataFrame(records).merge(metrics[["round", "accuracy", "source_accuracy", "attack_success_rate"]],
                                          on="round", how="left")
     frame.insert(1, "aggregator", f"{args.features}, min_samples {args.min_samples or 2}")
+    frame.insert(2, "run_id", res.run_id)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"{args.features}-ms{args.min_samples or 2}-seed{args.seed}"
     frame.to_csv(out / f"rounds-{tag}.csv", index=False)
