@@ -23,7 +23,6 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from flhelpers.config import ConfigError, ExperimentConfig, benchmark_config, validate_config
 from flhelpers.defenses import PAPER_DEFENSES
@@ -164,76 +163,132 @@ def _describe(cfg: ExperimentConfig) -> str:
 
 def _run_one(cfg: ExperimentConfig, data_root: str | Path | None, results_dir: str | Path, progress: bool,
              threads: int | None = None, force: bool = False) -> tuple[dict[str, Any], bool, float]:
-    """One run of a grid (also the body of a worker process): (summary, reused, seconds)."""
+    """One run of a grid (also the body of a worker process): (summary, reused, seconds).
+
+    ``threads`` sets torch's thread count for the run and restores it afterwards.
+    """
     from flhelpers.engine import run_experiment
 
+    before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    res = run_experiment(cfg, data_root=data_root, results_dir=results_dir, progress=progress, force=force)
-    return res.summary, res.reused, time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        res = run_experiment(cfg, data_root=data_root, results_dir=results_dir, progress=progress, force=force)
+        return res.summary, res.reused, time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(before)
+
+
+#: the executors of :func:`run_grid`
+EXECUTORS = ("local", "ray")
 
 
 def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None = None,
              results_dir: str | Path = "results", progress: bool = True,
-             round_progress: bool = False, workers: int = 1, force: bool = False) -> pd.DataFrame:
+             round_progress: bool = False, workers: int = 1, force: bool = False,
+             executor: str = "local", address: str | None = None, cpus_per_run: float = 1.0,
+             gpus_per_run: float = 0.0, threads: int | None = None, max_retries: int = 3,
+             relay_every_s: float = 10.0) -> pd.DataFrame:
     """Run every configuration (reusing finished runs) and return one row of summary per run.
 
-    ``progress`` shows one bar over the grid's runs; ``round_progress`` also a bar over each
-    run's rounds (useful at the paper's scale, where one run takes hours; sequential only).
-    ``workers > 1`` runs the runs still to compute in that many processes, each with
-    ``cores // workers`` torch threads: on a small CPU two single-threaded runs side by side
-    finish sooner than one after the other with two threads each. A run's numbers do not depend
-    on the process it ran in, but float sums do depend on the torch thread count, so compare
-    runs computed with the same ``workers``.
+    Every configuration still to compute is validated before any training. ``progress`` shows
+    the runs done and to do with an ETA (:class:`flhelpers.executors.GridProgress`);
+    ``round_progress`` also a bar over each run's rounds (useful at the paper's scale, where one
+    run takes hours; sequential only).
+
+    Executors:
+
+    * ``"local"``: this process, one run after another; ``workers > 1`` runs the runs still to
+      compute in that many processes, each with ``cores // workers`` torch threads: on a small
+      CPU two single-threaded runs side by side finish sooner than one after the other with two
+      threads each.
+    * ``"ray"``: one Ray task per run on the cluster at ``address`` (``None``: the Ray session
+      of this process, else a new local Ray), reserving ``cpus_per_run`` CPUs and
+      ``gpus_per_run`` GPUs (fractions pack several runs on one GPU); no shared filesystem is
+      needed, a run whose worker dies is retried up to ``max_retries`` times from its last
+      checkpoint (sent to the driver at most every ``relay_every_s`` seconds). See
+      :mod:`flhelpers.ray_executor`.
+
+    A run's numbers do not depend on the process or machine it ran in, but float sums do depend
+    on the torch thread count: ``threads`` fixes it for every run (local or Ray; default: the
+    process's count, ``cores // workers``, or ``max(1, int(cpus_per_run))`` on Ray), and runs
+    computed with the same count are identical.
 
     Columns: every config field, every summary field (:func:`flhelpers.metrics.summarize`),
     ``run_id``, ``reused`` (read back rather than computed) and ``wall_time`` (seconds the run
-    took). Rows keep the order of ``configs``; an error names the failing configuration.
-    ``force`` recomputes every run, finished or not.
+    took). Rows keep the order of ``configs``; an error names the failing configuration, and the
+    runs finished before it stay in the store. ``force`` recomputes every run, finished or not.
     """
+    from flhelpers.executors import GridProgress, RunFailed
+
     configs = list(configs)
     ids = [c.run_id() for c in configs]
     if len(set(ids)) != len(ids):
         raise ValueError("The grid lists the same configuration twice; remove the duplicates.")
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}.")
-    done: dict[int, tuple[dict[str, Any], bool, float]] = {}
+    if executor not in EXECUTORS:
+        raise ValueError(f"Unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}.")
+    if executor == "ray" and workers != 1:
+        raise ValueError("workers is for the local executor; on Ray, cpus_per_run and gpus_per_run decide how "
+                         "many runs share a node.")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer, got {threads!r}.")
     pending = [i for i, c in enumerate(configs) if force or not is_finished(run_dir(results_dir, ids[i]))]
-    bar = tqdm(total=len(configs), desc="grid", unit="run", disable=not progress)
+    ray_options = None
+    if executor == "ray":
+        from flhelpers.ray_executor import RayOptions, require_ray
+
+        require_ray()
+        ray_options = RayOptions(address, cpus_per_run, gpus_per_run, threads, max_retries, relay_every_s)
+    else:
+        for i in pending:  # every run still to compute is checked before the first one trains
+            validate_config(configs[i])
+    done: dict[int, tuple[dict[str, Any], bool, float]] = {}
     for i, cfg in enumerate(configs):  # finished runs: read back, no training
         if i not in pending:
             done[i] = _run_one(cfg, data_root, results_dir, False)
-            bar.update(1)
+    bar = GridProgress(len(configs), len(configs) - len(pending), enabled=progress)
 
-    def failed(i: int, exc: BaseException) -> RuntimeError:
+    def failed(i: int, exc: BaseException | str) -> RuntimeError:
         return RuntimeError(f"Run {ids[i]} ({_describe(configs[i])}) failed: {exc}")
 
-    if workers == 1 or len(pending) < 2:
-        for i in pending:
-            bar.set_postfix_str(_describe(configs[i]))
+    try:
+        if ray_options is not None:
+            from flhelpers.ray_executor import run_on_ray
+
             try:
-                done[i] = _run_one(configs[i], data_root, results_dir, progress and round_progress, force=force)
-            except Exception as exc:
-                raise failed(i, exc) from exc
-            bar.update(1)
-    else:
-        threads = max(1, torch.get_num_threads() // workers)
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
-            futures = {pool.submit(_run_one, configs[i], data_root, results_dir, False, threads, force): i
-                       for i in pending}
-            for future in as_completed(futures):
-                i = futures[future]
+                for i, summary, seconds in run_on_ray(configs, pending, data_root, results_dir, ray_options, force):
+                    done[i] = (summary, False, seconds)
+                    bar.update(_describe(configs[i]), seconds)
+            except RunFailed as exc:
+                raise failed(exc.index, exc.cause) from exc
+        elif workers == 1 or len(pending) < 2:
+            for i in pending:
                 try:
-                    done[i] = future.result()
+                    done[i] = _run_one(configs[i], data_root, results_dir, progress and round_progress, threads,
+                                       force=force)
                 except Exception as exc:
-                    for f in futures:
-                        f.cancel()
                     raise failed(i, exc) from exc
-                bar.set_postfix_str(_describe(configs[i]))
-                bar.update(1)
-    bar.close()
+                bar.update(_describe(configs[i]), done[i][2])
+        else:
+            per_process = threads if threads is not None else max(1, torch.get_num_threads() // workers)
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
+                futures = {pool.submit(_run_one, configs[i], data_root, results_dir, False, per_process, force): i
+                           for i in pending}
+                for future in as_completed(futures):
+                    i = futures[future]
+                    try:
+                        done[i] = future.result()
+                    except Exception as exc:
+                        for f in futures:
+                            f.cancel()
+                        raise failed(i, exc) from exc
+                    bar.update(_describe(configs[i]), done[i][2])
+    finally:
+        bar.close()
     rows = [{**_config_columns(cfg), **done[i][0], "run_id": ids[i], "reused": done[i][1],
              "wall_time": done[i][2]} for i, cfg in enumerate(configs)]
     if progress:
