@@ -1,0 +1,222 @@
+"""Grids on Ray (flhelpers.ray_executor): equal numbers, no shared filesystem, retries, resumption.
+
+Each test starts its own Ray and stops it, also on failure: a cluster on loopback started with
+``ray start`` (its processes are found by their private temp dir and ended by pid), and a local
+Ray (``ray.init(num_cpus=2)``) shared by the other tests of this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from flhelpers.grid import make_grid, run_grid
+from flhelpers.results import load_results, run_dir
+
+ray = pytest.importorskip("ray", reason='Ray is not installed: pip install -e ".[ray]"')
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(rounds=2, num_peers=5, train_subset=600, test_subset=200)
+TINY_CLI = ["--rounds", "2", "--set", "num_peers=5", "--set", "train_subset=600", "--set", "test_subset=200"]
+#: summary columns that are wall-clock times, different in every run
+TIMES = ("train_time_per_round", "aggregation_time_per_round", "wall_time")
+
+
+def _grid(**overrides) -> list:
+    return make_grid("mnist-iid", "quick", defenses=["fedavg", "lfighter"], attacker_ratios=[0.0, 0.4],
+                     **{**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def local_runs(data_root, tmp_path_factory):
+    """The tiny grid computed by the local executor with one torch thread: the reference numbers."""
+    out = tmp_path_factory.mktemp("local")
+    configs = _grid()
+    return out, configs, run_grid(configs, data_root, out, progress=False, threads=1)
+
+
+def _numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=[c for c in (*TIMES, "reused") if c in frame.columns]).reset_index(drop=True)
+
+
+def _assert_same_runs(ref_dir: Path, other_dir: Path, run_ids) -> None:
+    for rid in run_ids:
+        a, b = run_dir(ref_dir, rid), run_dir(other_dir, rid)
+        assert (a / "metrics.csv").read_bytes() == (b / "metrics.csv").read_bytes(), rid
+        ca, cb = json.loads((a / "config.json").read_text()), json.loads((b / "config.json").read_text())
+        assert ca["config"] == cb["config"] and ca["attackers"] == cb["attackers"]
+        assert cb["torch_num_threads"] == 1
+        assert not (b / "checkpoint.pt").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes_using(marker: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(marker in part for part in (p.info["cmdline"] or [])):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    """End the processes of the cluster whose temp dir is ``temp_dir`` (only those), by pid."""
+    procs = _processes_using(temp_dir)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
+def test_cluster_on_loopback_driver_joins_by_address(local_runs, data_root, tmp_path):
+    """`ray start --head` on loopback; `flhelpers grid --executor ray --address` joins it."""
+    ref_dir, configs, _ = local_runs
+    temp_dir = tempfile.mkdtemp(prefix="flr", dir="/tmp")  # short: Ray's socket paths live under it
+    port = _free_port()
+    env = {**os.environ, "FLHELPERS_DATA": str(data_root), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    try:
+        subprocess.run([ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                        "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir", temp_dir,
+                        "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+        out = subprocess.run(
+            [sys.executable, "-m", "flhelpers", "grid", "--benchmarks", "mnist-iid", "--defenses", "lfighter",
+             "--ratios", "0.4", *TINY_CLI, "--results-dir", str(tmp_path), "--executor", "ray",
+             "--address", f"127.0.0.1:{port}", "--cpus-per-run", "1", "--no-progress"],
+            env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        _stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "1 run (1 computed, 0 reused)" in out.stdout and "on the ray executor" in out.stdout
+    table = pd.read_csv(tmp_path / "tables" / "grid_summary.csv")
+    assert list(table["defense"]) == ["lfighter"] and list(table["attacker_ratio"]) == [0.4]
+    expected = [c.run_id() for c in configs if c.attacker_ratio == 0.4 and c.defense == "lfighter"]
+    assert list(table["run_id"]) == expected
+    _assert_same_runs(ref_dir, tmp_path, expected)  # numbers identical to the local executor's
+    assert not _processes_using(temp_dir)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    with warnings.catch_warnings():  # Ray's notice about GPU visibility of CPU-only tasks
+        warnings.simplefilter("ignore", FutureWarning)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def test_ray_grid_equals_local(local_ray, local_runs, data_root, tmp_path):
+    ref_dir, configs, local = local_runs
+    rows = run_grid(configs, data_root, tmp_path, progress=False, executor="ray", threads=1)
+    assert not rows["reused"].any()
+    pd.testing.assert_frame_equal(_numbers(rows), _numbers(local))
+    _assert_same_runs(ref_dir, tmp_path, rows["run_id"])
+    stored = load_results(tmp_path)  # written into the store exactly as a local run
+    assert len(stored) == 4 and stored["finished"].all()
+
+
+def test_only_the_missing_runs_are_computed(local_ray, local_runs, data_root, tmp_path):
+    ref_dir, configs, local = local_runs
+    kept = [c.run_id() for c in configs[:2]]
+    for rid in kept:
+        shutil.copytree(run_dir(ref_dir, rid), run_dir(tmp_path, rid))
+    before = {rid: {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in run_dir(tmp_path, rid).iterdir()}
+              for rid in kept}
+    rows = run_grid(configs, data_root, tmp_path, progress=False, executor="ray", threads=1)
+    assert list(rows["reused"]) == [True, True, False, False]
+    for rid in kept:  # finished runs are not submitted, so not a byte or a timestamp changes
+        after = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in run_dir(tmp_path, rid).iterdir()}
+        assert after == before[rid]
+    pd.testing.assert_frame_equal(_numbers(rows), _numbers(local))
+    _assert_same_runs(ref_dir, tmp_path, rows["run_id"])
+
+
+def _task_workers(run_id: str) -> list[psutil.Process]:
+    """This process's Ray workers executing the task of ``run_id`` (their title names the task)."""
+    me = psutil.Process()
+    return [p for p in me.children(recursive=True)
+            if any(f"flhelpers-run-{run_id}" in part for part in (p.cmdline() or []))]
+
+
+def test_worker_killed_mid_grid_finishes_identically(local_ray, data_root, tmp_path):
+    configs = _grid(rounds=8, train_subset=2000)[3:]  # LFighter at 40 % attackers
+    ref = run_grid(configs, data_root, tmp_path / "local", progress=False, threads=1)
+    out = tmp_path / "ray"
+    result: dict = {}
+
+    def grid() -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result["rows"] = run_grid(configs, data_root, out, progress=False, executor="ray", threads=1,
+                                          relay_every_s=0.0)
+            except BaseException as exc:  # reported by the assertions below
+                result["error"] = exc
+        result["warnings"] = [str(w.message) for w in caught]
+
+    thread = threading.Thread(target=grid)
+    thread.start()
+    victim, killed = configs[0].run_id(), None
+    deadline = time.monotonic() + 240
+    while thread.is_alive() and time.monotonic() < deadline and killed is None:
+        # kill once the run's first checkpoint has travelled to the driver's store
+        if (run_dir(out, victim) / "checkpoint.pt").is_file():
+            for p in _task_workers(victim):
+                os.kill(p.pid, signal.SIGKILL)
+                killed = p.pid
+        time.sleep(0.05)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert killed is not None, "the run finished before its worker could be killed"
+    assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
+    assert "error" not in result, result.get("error")
+    assert any(f"Run {victim} finished at attempt 2" in w for w in result["warnings"]), result["warnings"]
+    rows = result["rows"]
+    pd.testing.assert_frame_equal(_numbers(rows), _numbers(ref))
+    _assert_same_runs(tmp_path / "local", out, rows["run_id"])
+
+
+def test_ray_options_are_checked_before_any_task(local_ray, tmp_path):
+    from flhelpers.config import ConfigError
+
+    configs = _grid()[:1]
+    with pytest.raises(ConfigError, match="gpus_per_run=0.5 reserves GPUs.*device=cuda"):
+        run_grid(configs, tmp_path, tmp_path, progress=False, executor="ray", gpus_per_run=0.5)
+    with pytest.raises(ConfigError, match="need a GPU reserved for each.*--gpus-per-run"):
+        run_grid([configs[0].replace(device="cuda")], tmp_path, tmp_path, progress=False, executor="ray")
+    with pytest.raises(ValueError, match="workers is for the local executor"):
+        run_grid(configs, tmp_path, tmp_path, progress=False, executor="ray", workers=2)
+    assert not (tmp_path / "runs").exists()
