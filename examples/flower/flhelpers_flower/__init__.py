@@ -1,0 +1,1 @@
+"""A Flower app whose server aggregates with a flhelpers defense (see ../README.md)."""

@@ -1,0 +1,194 @@
+"""A Flower federation of our benchmarks: a ClientApp that trains a peer, a ServerApp with any rule.
+
+The apps read the Flower run config (``[tool.flwr.app.config]`` of ``examples/flower``,
+``flwr run ... --run-config``):
+
+================== ================================================================ ============
+key                meaning                                                          default
+================== ================================================================ ============
+benchmark          a flhelpers benchmark (``mnist-iid``, ``cifar10-mild``, ...)     mnist-iid
+profile            its profile (``quick``, ``medium``, ``paper``)                   quick
+defense            the server's rule (any registered flhelpers defense)             lfighter
+defense-args       the rule's keyword arguments, JSON                               ``{}``
+attacker-ratio     share of the clients that flip labels (source -> target class)   0.3
+num-clients        clients in the federation (must equal the supernodes)            10
+num-server-rounds  rounds                                                           3
+seed               seeds the split, the flippers, the model and every batch         0
+set                any other configuration field, JSON (``{"train_subset": 6000}``) ``{}``
+data-root          the data sets' root on every node ("" = ``$FLHELPERS_DATA``)     ""
+result-path        where the server writes the round metrics as JSON ("" = nowhere) ""
+torch-threads      torch threads of each client                                     1
+================== ================================================================ ============
+
+Server and clients rebuild the same :class:`~flhelpers.engine.Experiment` from this config and
+the seed (:func:`federation`): the same split (client ``k`` is our peer ``k``, its
+``partition-id``), the same flippers (drawn among the source-class holders, as in our
+simulation), the same initial model. A client trains exactly our peer's local step
+(:func:`flhelpers.training.peer_update`, batch order seeded by (seed, round, peer)) and replies
+with its local model and the metrics ``num-examples``, ``partition-id`` and ``flipper`` (1 for a
+label flipper: simulation ground truth, so the server's round metrics show the share of
+accepted examples that came from flippers). The server runs :func:`robust_strategy` with the
+rule and evaluates the global model centrally after each round (accuracy, source-class accuracy,
+attack success rate).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Result
+from flwr.supercore import log
+from logging import INFO
+
+from flhelpers.config import ConfigError, ExperimentConfig, benchmark_config, validate_config
+from flhelpers.flower.strategy import robust_strategy
+from flhelpers.metrics import evaluate
+from flhelpers.params import flatten_buffers, flatten_params
+from flhelpers.results import atomic_write_json
+from flhelpers.training import loss_fn, peer_update, predict
+
+#: run config defaults (module docstring)
+DEFAULTS: dict[str, Any] = {"benchmark": "mnist-iid", "profile": "quick", "defense": "lfighter", "defense-args": "{}",
+                            "attacker-ratio": 0.3, "num-clients": 10, "num-server-rounds": 3, "seed": 0, "set": "{}",
+                            "data-root": "", "result-path": "", "torch-threads": 1}
+
+
+def _json(run_config: Mapping[str, Any], key: str) -> dict[str, Any]:
+    text = run_config.get(key, DEFAULTS[key])
+    try:
+        value = json.loads(text) if isinstance(text, str) else text
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"Run config {key!r} must be a JSON object, got {text!r}: {exc}.") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"Run config {key!r} must be a JSON object such as '{{\"lr\": 0.01}}', got {text!r}.")
+    return value
+
+
+def experiment_config(run_config: Mapping[str, Any]) -> ExperimentConfig:
+    """The validated :class:`ExperimentConfig` the federation described by ``run_config`` runs."""
+    unknown = sorted(set(run_config) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"Unknown run config key(s) {unknown}; valid: {', '.join(DEFAULTS)}.")
+    get = lambda key: run_config.get(key, DEFAULTS[key])  # noqa: E731
+    settings = _json(run_config, "set")
+    cfg = benchmark_config(str(get("benchmark")), str(get("profile"))).replace(
+        defense=str(get("defense")), defense_kwargs=_json(run_config, "defense-args"),
+        attacker_ratio=float(get("attacker-ratio")), num_peers=int(get("num-clients")),
+        rounds=int(get("num-server-rounds")), seed=int(get("seed")), **settings)
+    validate_config(cfg)
+    return cfg
+
+
+@functools.lru_cache(maxsize=4)
+def _experiment(config_json: str, data_root: str | None) -> Any:
+    from flhelpers.engine import build_experiment
+
+    return build_experiment(ExperimentConfig.from_dict(json.loads(config_json)), data_root)
+
+
+def federation(run_config: Mapping[str, Any]) -> Any:
+    """The :class:`~flhelpers.engine.Experiment` of ``run_config`` (data, split, flippers, model),
+    built once per process (a Flower simulation reuses its client processes across rounds)."""
+    cfg = experiment_config(run_config)
+    root = str(run_config.get("data-root", "")) or None
+    return _experiment(json.dumps(cfg.to_dict(), sort_keys=True), root)
+
+
+def _peer(context: Context) -> tuple[ExperimentConfig, Any, int]:
+    cfg = experiment_config(context.run_config)
+    k, n = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    if n != cfg.num_peers:
+        raise ConfigError(f"The federation has {n} supernodes but num-clients is {cfg.num_peers}: set both to "
+                          f"the same number (--federation-config num-supernodes={cfg.num_peers}).")
+    torch.set_num_threads(int(context.run_config.get("torch-threads", DEFAULTS["torch-threads"])))
+    return cfg, federation(context.run_config), k
+
+
+def train_reply(msg: Message, context: Context) -> Message:
+    """A client's round: our peer's local training from the received global model."""
+    cfg, exp, k = _peer(context)
+    arrays = next(iter(msg.content.array_records.values()))
+    exp.model.load_state_dict(arrays.to_torch_state_dict())
+    round_ = int(next(iter(msg.content.config_records.values()))["server-round"]) - 1
+    peer = exp.peers[k]
+    peer_update(exp.model, cfg, exp.dataset, peer, flatten_params(exp.model), flatten_buffers(exp.model), round_,
+                exp.device)  # leaves the local model W_k^{t+1} in exp.model
+    metrics = MetricRecord({"num-examples": int(peer.num_samples), "partition-id": k,
+                            "flipper": int(k in set(exp.attackers.tolist()))})
+    return Message(RecordDict({"arrays": ArrayRecord(exp.model.state_dict()), "metrics": metrics}), reply_to=msg)
+
+
+@torch.no_grad()
+def evaluate_reply(msg: Message, context: Context) -> Message:
+    """A client's evaluation of the global model on its share of the test set (every n-th example)."""
+    cfg, exp, k = _peer(context)
+    exp.model.load_state_dict(next(iter(msg.content.array_records.values())).to_torch_state_dict())
+    exp.model.eval()
+    x, y = exp.dataset.test_x[k::cfg.num_peers], exp.dataset.test_y[k::cfg.num_peers]
+    logits = exp.model(exp.dataset.prepare(x.to(exp.device)))
+    loss = float(loss_fn(cfg.loss, logits, y.to(exp.device)))
+    accuracy = float((predict(cfg.loss, logits).cpu() == y).float().mean()) if len(y) else float("nan")
+    metrics = MetricRecord({"eval-loss": loss, "eval-acc": accuracy, "num-examples": int(len(y))})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def make_client_app() -> ClientApp:
+    """The ClientApp of a federation of our benchmark (module docstring)."""
+    app = ClientApp()
+    app.train()(train_reply)
+    app.evaluate()(evaluate_reply)
+    return app
+
+
+def run_server(grid: Grid, context: Context) -> Result:
+    """The ServerApp's main: the federation's rule as a Flower strategy, central evaluation,
+    a log line per round (accepted and rejected clients, the true flippers) and, when
+    ``result-path`` is set, the round metrics as JSON."""
+    cfg = experiment_config(context.run_config)
+    exp = federation(context.run_config)
+    flippers = sorted(int(a) for a in exp.attackers.tolist())
+    strategy = robust_strategy(cfg.defense, exp.model, lr=cfg.lr, expected_attackers=exp.expected_attackers,
+                               seed=cfg.seed, fraction_train=cfg.fraction, fraction_evaluate=0.0,
+                               min_train_nodes=max(1, int(cfg.fraction * cfg.num_peers)),
+                               min_available_nodes=cfg.num_peers, **cfg.defense_kwargs)
+
+    def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        exp.model.load_state_dict(arrays.to_torch_state_dict())
+        ev = evaluate(exp.model, exp.dataset, cfg.loss, cfg.source_class, cfg.target_class, cfg.eval_batch_size,
+                      exp.device)
+        return MetricRecord({"test-loss": ev.test_loss, "accuracy": ev.accuracy,
+                             "source-accuracy": ev.source_accuracy, "attack-success-rate": ev.attack_success_rate})
+
+    log(INFO, "flhelpers: %s, %d clients, flippers %s (%d -> %d), rule %s", cfg.benchmark, cfg.num_peers, flippers,
+        cfg.source_class, cfg.target_class, cfg.defense)
+    result = strategy.start(grid, ArrayRecord(exp.model.state_dict()), num_rounds=cfg.rounds, evaluate_fn=central)
+    rounds = {}
+    for r in sorted(result.train_metrics_clientapp):
+        train, ev = dict(result.train_metrics_clientapp[r]), dict(result.evaluate_metrics_serverapp.get(r, {}))
+        rounds[r] = {"train": train, "evaluate": ev}
+        log(INFO, "flhelpers round %d: %s rejected %s (flippers %s); accuracy %.4f, source accuracy %.4f, "
+            "attack success rate %.4f", r, cfg.defense, train.get("rejected-ids"), flippers,
+            ev.get("accuracy", float("nan")), ev.get("source-accuracy", float("nan")),
+            ev.get("attack-success-rate", float("nan")))
+    path = str(context.run_config.get("result-path", ""))
+    if path:
+        atomic_write_json(Path(path), {"config": cfg.to_dict(), "flippers": flippers, "rounds": rounds})
+    return result
+
+
+def make_server_app() -> ServerApp:
+    """The ServerApp of a federation of our benchmark (module docstring)."""
+    app = ServerApp()
+    app.main()(run_server)
+    return app
+
+
+__all__ = ["DEFAULTS", "evaluate_reply", "experiment_config", "federation", "make_client_app", "make_server_app",
+           "run_server", "train_reply"]
