@@ -12,7 +12,7 @@ export FLHELPERS_DATA ?= $(CURDIR)/data
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,ray,flower]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ import pytest
 import torch
 
 pytest.importorskip("flwr", reason='Flower is not installed: pip install -e ".[flower]"')
+
+pytestmark = pytest.mark.flower
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
@@ -162,6 +165,12 @@ def test_layout_is_guessed_from_a_state_dict():
     assert guessed == layout_of(model)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _stop_superlink(flwr_home: str) -> None:
     """End the local SuperLink started under ``flwr_home`` and everything it started, by pid."""
     for p in psutil.process_iter(["cmdline"]):
@@ -190,7 +199,10 @@ def test_example_runs_on_flowers_simulation_engine(data_root, tmp_path):
     flwr_home = str(tmp_path / "flwr")
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "FLWR_HOME": flwr_home, "FLHELPERS_DATA": str(data_root), "OMP_NUM_THREADS": "1",
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "RAY_USAGE_STATS_ENABLED": "0"}
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "RAY_USAGE_STATS_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
+           # our own local SuperLink, not one another user left running on the default ports
+           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port())}
     results = {}
     try:
         for defense in ("lfighter", "fedavg"):

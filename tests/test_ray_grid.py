@@ -29,7 +29,7 @@ from flhelpers.results import load_results, run_dir
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install -e ".[ray]"')
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 TINY = dict(rounds=2, num_peers=5, train_subset=600, test_subset=200)
 TINY_CLI = ["--rounds", "2", "--set", "num_peers=5", "--set", "train_subset=600", "--set", "test_subset=200"]

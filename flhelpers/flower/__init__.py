@@ -1,6 +1,6 @@
 """Every flhelpers defense as a Flower strategy, and a ClientApp that trains our benchmark models.
 
-For Flower's Message API (``flwr.serverapp``, ``flwr.clientapp``; Flower >= 1.22)::
+For Flower's Message API (``flwr.serverapp``, ``flwr.clientapp``; Flower >= 1.42)::
 
     from flhelpers.flower import robust_strategy
     strategy = robust_strategy("lfighter", model=net, fraction_train=1.0)   # any registered rule
@@ -26,9 +26,9 @@ def require_flower() -> None:
     """Raise an ImportError that names the install command when Flower is missing."""
     try:
         import flwr  # noqa: F401
-        from flwr.serverapp.strategy import FedAvg  # noqa: F401  (the Message API, Flower >= 1.22)
+        from flwr.serverapp.strategy import FedAvg  # noqa: F401  (the Message API, Flower >= 1.42)
     except ImportError as exc:
-        raise ImportError(f"flhelpers.flower needs Flower >= 1.22 with its Message API (flwr.serverapp), "
+        raise ImportError(f"flhelpers.flower needs Flower >= 1.42 with its Message API (flwr.serverapp), "
                           f"which is not installed here. Install the extra: {FLOWER_INSTALL}") from exc
 
 

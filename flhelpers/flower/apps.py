@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import json
+from logging import INFO
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -44,8 +45,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
-from flwr.supercore import log
-from logging import INFO
+from flwr.common.logger import log
 
 from flhelpers.config import ConfigError, ExperimentConfig, benchmark_config, validate_config
 from flhelpers.flower.strategy import robust_strategy

@@ -44,7 +44,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore import log
+from flwr.common.logger import log
 from torch import nn
 
 from flhelpers.config import ConfigError, ExperimentConfig, make_defense
