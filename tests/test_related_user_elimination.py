@@ -139,6 +139,19 @@ def test_separated_attackers_are_eliminated_and_a_majority_never_is():
     assert not dropped.any() and not test["separated"] and test["separation"] > test["threshold"]
 
 
+def test_the_original_rule_drops_the_high_cluster_even_without_an_attack():
+    """``separation_test=False`` is the original's rule: all-honest reports are split anyway and
+    the high cluster (at most half) is dropped; our test keeps everyone on the same reports."""
+    rng = np.random.default_rng(3)
+    reports = rng.normal(0.5, 0.05, size=20)
+    original = UserElimination(epsilon=1000.0, separation_test=False)
+    dropped, test = original.eliminate(reports)
+    assert 0 < dropped.sum() <= 10 and test["separated"] and test["threshold"] == 0.0
+    assert reports[dropped].min() > reports[~dropped].max()  # the high-loss cluster
+    dropped, test = UserElimination(epsilon=1000.0).eliminate(reports)
+    assert not dropped.any() and not test["separated"]
+
+
 def test_global_loss_reports_single_out_label_flippers(data_root):
     """On real MNIST: a global model that knows class 7 has a high loss on an attacker's
     7 -> 1 flipped labels, so its LDP report lands in the eliminated cluster."""

@@ -45,7 +45,8 @@ Per round, before training (the engine's ``select_peers`` hook):
    non-decreasing in the share. Under an attack the gap inflates the variance, so ``rho+`` is
    small and the threshold is close to that of Gaussian reports, the most powerful case. The high cluster must also be at most
    ``max_drop_fraction`` of the reports (an honest majority), and at least 3 reports are
-   needed. Honest losses that are not Gaussian (strongly non-i.i.d. data, whose honest
+   needed. ``separation_test=False`` is the original's rule: the high cluster is always dropped
+   (within ``max_drop_fraction``), attack or not. Honest losses that are not Gaussian (strongly non-i.i.d. data, whose honest
    losses can themselves form clusters) are outside the null model and can trigger it.
 4. The remaining peers train; their updates are aggregated by ``inner`` (FedAvg by default,
    any registered rule otherwise).
@@ -276,6 +277,8 @@ class UserElimination(Defense):
         epsilon: each report's LDP budget (> 0; the noise scale is ``clip / epsilon``).
         clip: ``L``, the loss bound the reports are clipped to (> 0).
         alpha: the separation test's false-alarm rate per round when nobody attacks.
+        separation_test: test the clusters' separation (default); ``False`` always drops the
+            high cluster, as the original did (honest peers too when nobody attacks).
         max_drop_fraction: the largest share of reports that may be eliminated (0 < x <= 0.5:
             the honest majority the server assumes).
         inner: the registered rule that aggregates the kept peers' updates (default fedavg).
@@ -290,7 +293,7 @@ class UserElimination(Defense):
     name = "user-elimination"
 
     def __init__(self, epsilon: float = 10.0, clip: float = 2.0, alpha: float = 1e-3,
-                 max_drop_fraction: float = 0.5, inner: str = "fedavg",
+                 separation_test: bool = True, max_drop_fraction: float = 0.5, inner: str = "fedavg",
                  inner_kwargs: dict[str, Any] | None = None, sims: int = DEFAULT_SIMS,
                  seed: int | None = None) -> None:
         from flhelpers.registry import DEFENSES
@@ -309,6 +312,7 @@ class UserElimination(Defense):
         if str(inner).strip().lower() == self.name:
             raise ValueError("user-elimination cannot wrap itself; choose inner='fedavg' or another rule.")
         self.epsilon, self.clip, self.alpha = epsilon, clip, alpha
+        self.separation_test = bool(separation_test)
         self.max_drop_fraction = float(max_drop_fraction)
         self.sims, self.seed = int(sims), seed
         self.inner_name = inner
@@ -340,7 +344,10 @@ class UserElimination(Defense):
             return dropped, {"separation": None, "threshold": None, "noise_share": None,
                              "noise_share_upper": None, "separated": False}
         high, d = two_means_1d(reports)
-        threshold, upper = separation_threshold(reports, self.noise_scale, self.alpha, sims=self.sims)
+        if self.separation_test:
+            threshold, upper = separation_threshold(reports, self.noise_scale, self.alpha, sims=self.sims)
+        else:  # the original: any two clusters count as separated
+            threshold, upper = 0.0, None
         separated = bool(d > threshold and 0 < high.sum() <= self.max_drop_fraction * n)
         if separated:
             dropped = high
@@ -383,4 +390,4 @@ class UserElimination(Defense):
 
     def __repr__(self) -> str:
         return (f"UserElimination(epsilon={self.epsilon}, clip={self.clip}, alpha={self.alpha}, "
-                f"inner={self.inner_name!r})")
+                f"separation_test={self.separation_test}, inner={self.inner_name!r})")
