@@ -55,7 +55,11 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
 # * MNIST-iid / Mild: 40 rounds (about 4 min a run); FedAvg without attack passes 97 %.
 # * MNIST-Extreme: 80 rounds (about 8 min): one class per peer learns slowly, so it gets twice
 #   the rounds; see README for the accuracy it reaches.
-# * IMDB: 6 rounds of 1 epoch (the paper's local epochs; about 9 min); the BiLSTM passes 84 %.
+# * IMDB: 4 rounds of 1 epoch (the paper's local epochs; about 10 min) at Adam lr 0.004 instead
+#   of 0.001: at 0.001 FedAvg without attack climbed 67.9 / 72.0 / 75.4 / 77.5 % over the first
+#   four rounds (about 10 more rounds to reach 84 %, over an hour a run here); at 0.004 it reached
+#   74.5 / 79.1 / 82.9 % in three (measured at this structure, seed 0). The Table 3 metric is the
+#   mean of the last 10 rounds, which for a 4-round run is the mean of all four.
 # * CIFAR10: 20 rounds of 1 epoch (about 12-15 min) on the 10,000 images present in the shared
 #   data root (one of the five training batches): ResNet18 without augmentation cannot approach
 #   the paper's 65 % from a fifth of the data; see README for what it reaches.
@@ -66,7 +70,7 @@ MEDIUM: dict[str, dict[str, Any]] = {
     "mnist-extreme": {**_MEDIUM_MNIST, "rounds": 80},
     "cifar10-iid": dict(rounds=20, local_epochs=1),
     "cifar10-mild": dict(rounds=20, local_epochs=1),
-    "imdb": dict(rounds=6),
+    "imdb": dict(rounds=4, lr=0.004),
 }
 
 # Quick profile: the three notebooks together in about 10 minutes on 2 CPU cores (see
