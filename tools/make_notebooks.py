@@ -212,9 +212,11 @@ config_overrides = {{}}    # any other ExperimentConfig field for every run, e.g
 workers = 2              # processes for the grid's runs (2 suits a 2-core machine; 1: in this kernel)
 gradient_analyses = True # sections 1-3 (one extra run per benchmark when its ratio is not in the grid)
 force = False            # recompute every run even where a finished one exists
+only_finished = False    # draw only the runs already finished in the store (list, skip the rest)
 """, tags=["parameters"]),
         _code(f"""
 import warnings
+from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display
@@ -227,12 +229,20 @@ from flhelpers.grid import (PAPER_FIGURE_READINGS, TABLE3_BENCHMARKS, capture_co
                             grid_rounds, has_plan, make_grid, paper_comparison, plan_table, run_grid,
                             stability_ratio, write_benchmark_tables, write_table)
 from flhelpers.reference import default_results_dir
+from flhelpers.results import is_finished, run_dir
 
 results_dir = str(results_dir or default_results_dir(profile))
 # the medium profile has no CIFAR10-iid grid (Table 3 uses the Dirichlet split)
 BENCHMARKS = list(benchmarks or [b for b in [{bench_list}] if has_plan(b, profile)])
 overrides = dict(rounds=rounds, num_peers=peers, device=device, **config_overrides)
 plan = {{b: make_grid(b, profile, defenses, attacker_ratios, seeds, **overrides) for b in BENCHMARKS}}
+if only_finished:
+    missing = [c for cs in plan.values() for c in cs if not is_finished(run_dir(results_dir, c.run_id()))]
+    for c in missing:
+        print(f"not finished yet, left out: {{c.benchmark}} {{c.defense}} at {{c.attacker_ratio:.0%}} ({{c.run_id()}})")
+    plan = {{b: [c for c in cs if c not in missing] for b, cs in plan.items()}}
+    BENCHMARKS = [b for b in BENCHMARKS if plan[b]]
+    plan = {{b: plan[b] for b in BENCHMARKS}}
 TITLES = {{b: plots.scale_title(plan[b][0]) for b in BENCHMARKS}}
 pd.set_option("display.precision", 2)
 plan_table(plan)
@@ -253,7 +263,11 @@ iid the data, the more (a) mixes them.{" On MNIST-Extreme honest peers are colou
 captures = {}
 if gradient_analyses:
     configs = [capture_config(b, profile, seed=seeds[0], **overrides) for b in BENCHMARKS]
-    captures = dict(zip(BENCHMARKS, capture_all(configs, data_root, results_dir, workers=workers, force=force)))
+    if only_finished:  # a capture is its run plus the analyses: keep those already stored
+        configs = [c for c in configs if (Path(results_dir) / "captures" / f"{c.run_id()}-r{c.rounds - 1}"
+                                          / "capture.json").is_file()]
+    captures = {c.benchmark: cap for c, cap in zip(configs, capture_all(configs, data_root, results_dir,
+                                                                          workers=workers, force=force))}
 for b, c in captures.items():
     fig = plots.plot_pca(c.pca, f"{TITLES[b]}, {c.config.attacker_ratio:.0%} attackers",
                          color_by_class=(b == "mnist-extreme"))
