@@ -167,6 +167,20 @@ def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medi
     return "\n".join(lines) + "\n"
 
 
+def run_times(results_dir: str | Path, profile: str = "medium") -> pd.DataFrame:
+    """Minutes each benchmark's finished runs took (training + aggregation + evaluation, summed
+    over rounds from ``timings.csv``): runs, mean, min, max and total per benchmark."""
+    frame = load_results(results_dir, timings=True)
+    if frame.empty:
+        return pd.DataFrame(columns=["benchmark", "runs", "mean_min", "min_min", "max_min", "total_min"])
+    frame = frame[frame["profile"] == profile]
+    cols = [c for c in ("train_time", "aggregation_time", "eval_time") if c in frame]
+    per_run = frame.assign(seconds=frame[cols].sum(axis=1)).groupby(["benchmark", "run_id"])["seconds"].sum() / 60
+    out = per_run.groupby("benchmark").agg(runs="count", mean_min="mean", min_min="min", max_min="max",
+                                           total_min="sum")
+    return out.reset_index()
+
+
 def write_table3(results_dir: str | Path, profile: str = "medium") -> pd.DataFrame:
     """Write ``table3.csv`` and ``table3.md`` (and ``shape_checks.csv``) into ``results_dir`` from
     the finished runs of its store; return the Table 3 frame."""
@@ -178,9 +192,15 @@ def write_table3(results_dir: str | Path, profile: str = "medium") -> pd.DataFra
     checks = shape_checks(summaries)
     atomic_write_text(results_dir / "table3.csv", t3.to_csv(index=False, float_format="%.2f"))
     atomic_write_text(results_dir / "shape_checks.csv", checks.to_csv(index=False))
-    atomic_write_text(results_dir / "table3.md", table3_markdown(t3, checks, profile))
+    times = run_times(results_dir, profile)
+    text = table3_markdown(t3, checks, profile)
+    text += ("\n## Time per run on this machine (minutes: training + aggregation + evaluation)\n\n"
+             "One torch thread per run, two runs side by side on 2 CPU cores shared with other work, so the "
+             "figures are upper bounds.\n\n"
+             + (to_markdown(times.set_index("benchmark"), 1) if len(times) else "No runs yet.\n"))
+    atomic_write_text(results_dir / "table3.md", text)
     return t3
 
 
 __all__ = ["PAPER_ALL_ACC_40", "REFERENCE_PROFILES", "TABLE3_REASONS", "default_results_dir", "reference_dir",
-           "repository_root", "shape_checks", "table3", "table3_markdown", "write_table3"]
+           "repository_root", "run_times", "shape_checks", "table3", "table3_markdown", "write_table3"]
