@@ -48,8 +48,9 @@ def format_duration(seconds: float) -> str:
 class GridProgress:
     """Runs done / to do and the estimated time left, over a whole grid.
 
-    On a terminal it is a tqdm bar that starts at the runs already finished (so its rate and ETA
-    count only runs computed now); elsewhere (a log file, CI) one line per finished run::
+    On a terminal or in a notebook it is a tqdm bar that starts at the runs already finished (so
+    its rate and ETA count only runs computed now); elsewhere (a log file, CI) one line per
+    finished run::
 
         grid: 3/12 runs done (1 reused), 9 to do, ETA 0:04:10; last: mnist-iid, lfighter, ... (41.2 s)
 
@@ -63,7 +64,9 @@ class GridProgress:
         self.computed = 0
         self.stream = stream if stream is not None else sys.stderr
         self.start = time.perf_counter()
-        use_bar = self.stream.isatty() if bar is None else bar
+        if bar is None:  # a terminal, or a notebook (tqdm.auto draws a widget there)
+            bar = self.stream.isatty() or (self.stream is sys.stderr and "ipykernel" in sys.modules)
+        use_bar = bar
         self._bar = tqdm(total=total, initial=reused, desc="grid", unit="run", file=self.stream,
                          disable=not (enabled and use_bar))
         self._lines = enabled and not use_bar

@@ -312,7 +312,7 @@ def run_on_ray(configs: Sequence[ExperimentConfig], pending: Sequence[int], data
                 if CHECKPOINT in files:
                     relay.seed.remote(ids[i], files)
         task = ray.remote(execute_run)
-        root = None if data_root is None else str(data_root)
+        root = None if data_root is None else str(Path(data_root).resolve())  # the driver's cwd, not a worker's
         for i in pending:
             ref = task.options(num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run,
                                max_retries=options.max_retries, retry_exceptions=False,
@@ -338,7 +338,7 @@ def run_on_ray(configs: Sequence[ExperimentConfig], pending: Sequence[int], data
                         start = out["resumed_from"]
                         warnings.warn(f"Run {ids[i]} finished at attempt {out['attempt']} (a worker died), "
                                       + ("from round 0." if start is None else
-                                         f"resumed at round {start} from its relayed checkpoint."), stacklevel=2)
+                                         f"resumed at round {start} from the last checkpoint that reached the driver."), stacklevel=2)
                     yield i, out["summary"], out["wall_time"]
                 else:  # the driver wrote this run already (cannot happen within one grid): read it back
                     summary, _ = read_finished_run(run_dir(results_dir, ids[i]))
