@@ -8,6 +8,7 @@
         [--results-dir DIR] [--workers N | --executor ray [--address ADDR] [--cpus-per-run C] [--gpus-per-run G]]
     python -m flhelpers list
     python -m flhelpers reproduce --profile quick
+    python -m flhelpers table3 [--profile medium] [--results-dir DIR]
 
 ``--set FIELD=VALUE`` (repeatable) sets any field of :class:`flhelpers.config.ExperimentConfig`
 (``--set lr=0.01 --set batch_size=32 --set source_class=3 --set target_class=8
@@ -194,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--force", action="store_true", help="recompute every run even where a finished one exists")
     rep.add_argument("--data-root", default=None)
     rep.add_argument("--device", default="cpu")
+    t3 = sub.add_parser("table3", help="write table3.csv/.md: the journal's Table 3 beside this store's runs")
+    t3.add_argument("--profile", default="medium", choices=PROFILES)
+    t3.add_argument("--results-dir", default=None, help="default: results/reference/medium at medium, else results")
     return p
 
 
@@ -331,6 +335,17 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table3(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flhelpers.reference import default_results_dir, write_table3
+
+    folder = Path(args.results_dir) if args.results_dir else default_results_dir(args.profile)
+    write_table3(folder, args.profile)
+    print((folder / "table3.md").read_text())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -344,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              device=args.device, force=args.force)
         if args.command == "grid":
             return cmd_grid(args)
+        if args.command == "table3":
+            return cmd_table3(args)
         return cmd_run(args)
     except (ConfigError, ValueError, FileNotFoundError, DataCorruptError) as exc:
         print(f"error: {exc}", file=sys.stderr)
