@@ -121,3 +121,20 @@ def test_first_two_rounds_of_the_committed_mnist_extreme_lfighter_run_recompute(
     assert list(ours["round"]) == [0, 1]
     assert list(ours.columns) == list(committed.columns)
     np.testing.assert_allclose(ours.to_numpy(dtype=float), committed.iloc[:2].to_numpy(dtype=float), rtol=0, atol=1e-6)
+
+
+def test_table3_command_writes_both_files_from_a_store(tmp_path, capsys) -> None:
+    import shutil
+
+    from flhelpers.cli import main
+
+    cfg = benchmark_config("mnist-mild", "medium", defense="fedavg", attacker_ratio=0.0)
+    shutil.copytree(_committed(cfg), tmp_path / "runs" / cfg.run_id())
+    assert main(["table3", "--results-dir", str(tmp_path)]) == 0
+    t3 = pd.read_csv(tmp_path / "table3.csv")
+    row = t3[(t3["benchmark"] == "mnist-mild") & (t3["defense"] == "fedavg-no-attack")].iloc[0]
+    summary = json.loads((tmp_path / "runs" / cfg.run_id() / "summary.json").read_text())
+    assert row["runs"] == 1 and row["src_acc"] == pytest.approx(100 * summary["source_accuracy"], abs=0.006)
+    assert t3["runs"].sum() == 1
+    assert "# The journal's Table 3" in capsys.readouterr().out
+    assert (tmp_path / "table3.md").is_file()
