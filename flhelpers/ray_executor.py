@@ -336,9 +336,10 @@ def run_on_ray(configs: Sequence[ExperimentConfig], pending: Sequence[int], data
                     relay.done.remote(ids[i])
                     if out["attempt"] > 1:
                         start = out["resumed_from"]
-                        warnings.warn(f"Run {ids[i]} finished at attempt {out['attempt']} (a worker died), "
-                                      + ("from round 0." if start is None else
-                                         f"resumed at round {start} from the last checkpoint that reached the driver."), stacklevel=2)
+                        how = ("from round 0." if start is None else
+                               f"resumed at round {start} from the last checkpoint that reached the driver.")
+                        warnings.warn(f"Run {ids[i]} finished at attempt {out['attempt']} (a worker died), {how}",
+                                      stacklevel=2)
                     yield i, out["summary"], out["wall_time"]
                 else:  # the driver wrote this run already (cannot happen within one grid): read it back
                     summary, _ = read_finished_run(run_dir(results_dir, ids[i]))
