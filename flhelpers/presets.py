@@ -26,15 +26,39 @@ from __future__ import annotations
 from typing import Any
 
 # The paper's benchmarks (section 6.1). The quick profile shrinks peers, rounds and data.
-_MNIST = dict(dataset="mnist", model="mnist-cnn", rounds=200, local_epochs=3, batch_size=64,
-              optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, source_class=7, target_class=1,
-              num_peers=100)
-_CIFAR = dict(dataset="cifar10", model="resnet18", rounds=100, local_epochs=3, batch_size=32,
-              optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, source_class=5, target_class=3,
-              num_peers=20)
-_IMDB = dict(dataset="imdb", model="bilstm", rounds=50, local_epochs=1, batch_size=32,
-             optimizer="adam", lr=0.001, momentum=0.0, loss="bce_with_logits",
-             source_class=1, target_class=0, num_peers=20, partition="iid")
+# Sources: "text" = paper section 6.1; "nb" = the authors' released notebook of that benchmark;
+# "T3" = the journal's Table 3 caption/row.
+_MNIST = dict(dataset="mnist", model="mnist-cnn",
+              rounds=200,           # text, nb
+              local_epochs=3,       # text, nb
+              batch_size=64,        # text, nb
+              optimizer="sgd",      # text, nb
+              lr=0.01,              # nb, T3 (the text's 0.001 does not learn in 4 rounds: 10.6 % vs 60.7 %)
+              momentum=0.9,         # text, nb
+              weight_decay=5e-4,    # nb (the text is silent)
+              source_class=7, target_class=1,  # text
+              num_peers=100)        # text, nb
+_CIFAR = dict(dataset="cifar10", model="resnet18",
+              rounds=100,           # text, nb
+              local_epochs=3,       # text, nb
+              batch_size=32,        # text, nb
+              optimizer="sgd",      # text, nb
+              lr=0.01,              # text, nb
+              momentum=0.9,         # text, nb
+              weight_decay=5e-4,    # nb (the text is silent)
+              source_class=5, target_class=3,  # text: dog -> cat
+              num_peers=20)         # text, nb
+_IMDB = dict(dataset="imdb", model="bilstm",
+             rounds=50,             # text, nb
+             local_epochs=1,        # text, nb
+             batch_size=32,         # text, nb
+             optimizer="adam",      # text, nb
+             lr=0.001,              # text, nb
+             momentum=0.0,          # Adam: unused
+             loss="bce_with_logits",  # text
+             source_class=1, target_class=0,  # text: positive -> negative
+             num_peers=20,          # text, nb
+             partition="iid")       # text, nb
 
 BENCHMARKS: dict[str, dict[str, Any]] = {
     "mnist-iid": {**_MNIST, "partition": "iid"},
