@@ -34,7 +34,22 @@ PAPER_ALL_ACC_40: dict[str, dict[str, float]] = {"mnist": {"fedavg": 95.11, "lfi
 REASON_THRESHOLD = 10.0
 #: written reasons for cells more than 10 points from the paper's: (benchmark, defense) -> text;
 #: ``defense`` is ``fedavg-no-attack`` for FedAvg at 0 %
-TABLE3_REASONS: dict[tuple[str, str], str] = {}
+TABLE3_REASONS: dict[tuple[str, str], str] = {
+    ("mnist-mild", "fedavg"): (
+        "still converging at 40 rounds of 1 epoch: FedAvg's Src-Acc at 40 % climbs 35.7 / 59.8 / 73.6 / 79.1 % "
+        "at rounds 10 / 20 / 30 / 40 and ASR falls 46.3 / 26.1 / 13.9 / 9.9 %, so the last-10 mean (69.1 %) "
+        "averages the climb; the paper's 83.7 % comes after 200 rounds of 3 epochs. The shape holds: 23 points "
+        "below FedAvg without attack (paper: 11)."),
+    ("imdb", "fedavg"): (
+        "the attack is stronger early in training: over our 4 rounds the model predicts every review negative "
+        "(Src-Acc 0.0 / 0.0 / 0.0 / 0.2 %, All-Acc 49.5 %); the paper's 12.4 % is after 50 rounds, in which "
+        "the honest positives pull part of the class back. The shape (FedAvg collapses) holds."),
+    ("imdb", "median"): (
+        "as FedAvg: with 8 of 20 peers flipping every positive review, the coordinate-wise median follows "
+        "the flippers in a model this young; the paper's 18.9 % is after 50 rounds."),
+    ("imdb", "trimmed-mean"): (
+        "as the median: the paper's 17.8 % is after 50 rounds; ours is after 4."),
+}
 
 
 def repository_root() -> Path:
