@@ -44,11 +44,6 @@ TABLE3_REASONS: dict[tuple[str, str], str] = {
         "the attack is stronger early in training: over our 4 rounds the model predicts every review negative "
         "(Src-Acc 0.0 / 0.0 / 0.0 / 0.2 %, All-Acc 49.5 %); the paper's 12.4 % is after 50 rounds, in which "
         "the honest positives pull part of the class back. The shape (FedAvg collapses) holds."),
-    ("imdb", "median"): (
-        "as FedAvg: with 8 of 20 peers flipping every positive review, the coordinate-wise median follows "
-        "the flippers in a model this young; the paper's 18.9 % is after 50 rounds."),
-    ("imdb", "trimmed-mean"): (
-        "as the median: the paper's 17.8 % is after 50 rounds; ours is after 4."),
 }
 
 
