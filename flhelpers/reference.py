@@ -157,7 +157,35 @@ def _fmt(v: float, signed: bool = False) -> str:
     return f"{v:+.1f}" if signed else f"{v:.1f}"
 
 
-def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medium") -> str:
+#: benchmarks of the reference grid outside Table 3, shown in ``table3.md`` beside the paper's figure readings
+OTHER_BENCHMARKS = ("mnist-iid", "mnist-extreme")
+
+
+def other_runs(summaries: pd.DataFrame) -> pd.DataFrame:
+    """The reference runs of :data:`OTHER_BENCHMARKS`: one row per benchmark, defense and ratio (%)."""
+    rows = []
+    for b in OTHER_BENCHMARKS:
+        part = summaries[summaries["benchmark"] == b] if len(summaries) else summaries
+        for (d, r), sel in part.groupby(["defense", "attacker_ratio"], sort=False) if len(part) else []:
+            rows.append({"benchmark": b, "defense": d, "attackers": f"{float(r):.0%}", "runs": len(sel),
+                         "Src-Acc": 100 * pd.to_numeric(sel["source_accuracy"]).mean(),
+                         "ASR": 100 * pd.to_numeric(sel["attack_success_rate"]).mean(),
+                         "All-Acc": 100 * pd.to_numeric(sel["accuracy"]).mean(),
+                         "TPR": 100 * pd.to_numeric(sel["detection_tpr"], errors="coerce").mean(),
+                         "FPR": 100 * pd.to_numeric(sel["detection_fpr"], errors="coerce").mean()})
+    frame = pd.DataFrame(rows)
+    if len(frame):
+        order = {d: i for i, d in enumerate(TABLE3_DEFENSES)}
+        frame = frame.assign(_r=frame["attackers"].str.rstrip("%").astype(float),
+                             _d=frame["defense"].map(lambda d: order.get(d, len(order))))
+        frame = frame.sort_values(["benchmark", "_r", "_d"], key=lambda c: c.map(
+            {b: i for i, b in enumerate(OTHER_BENCHMARKS)}) if c.name == "benchmark" else c)
+        frame = frame.drop(columns=["_r", "_d"]).reset_index(drop=True)
+    return frame
+
+
+def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medium",
+                    others: pd.DataFrame | None = None) -> str:
     """``table3.md``: per Table 3 row our cell, the paper's and the difference; then the reasons
     for cells more than :data:`REASON_THRESHOLD` points away, then the shape checks."""
     lines = [f"# The journal's Table 3 at the `{profile}` profile, beside the paper",
@@ -184,6 +212,13 @@ def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medi
     for _, r in far.iterrows():
         lines.append(f"- **{r.benchmark}, {r.defense}** (Src-Acc {_fmt(r.src_acc_diff, True)}, ASR "
                      f"{_fmt(r.asr_diff, True)} points): {r.reason or 'no reason written yet.'}")
+    if others is not None and len(others):
+        from flhelpers.grid import PAPER_FIGURE_READINGS
+
+        lines += ["", "## MNIST-iid and MNIST-Extreme (not in Table 3; the paper shows them in figures)", ""]
+        for b in others["benchmark"].unique():
+            part = others[others["benchmark"] == b].drop(columns="benchmark").set_index("defense")
+            lines += [f"**{b}**. The paper: {PAPER_FIGURE_READINGS[b]}.", "", to_markdown(part, 1)]
     lines += ["", "## The shape that must hold at 40 % (issue 11, section 3)", "",
               to_markdown(checks.set_index("benchmark"), 1) if len(checks) else "No runs yet."]
     return "\n".join(lines) + "\n"
@@ -215,7 +250,7 @@ def write_table3(results_dir: str | Path, profile: str = "medium") -> pd.DataFra
     atomic_write_text(results_dir / "table3.csv", t3.to_csv(index=False, float_format="%.2f"))
     atomic_write_text(results_dir / "shape_checks.csv", checks.to_csv(index=False))
     times = run_times(results_dir, profile)
-    text = table3_markdown(t3, checks, profile)
+    text = table3_markdown(t3, checks, profile, other_runs(summaries))
     text += ("\n## Time per run on this machine (minutes: training + aggregation + evaluation)\n\n"
              "One torch thread per run, two runs side by side on 2 CPU cores shared with other work, so the "
              "figures are upper bounds.\n\n"
