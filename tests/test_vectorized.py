@@ -250,7 +250,11 @@ def test_resnet18_matches_sequential_in_float32(data_root):
     exp = build_experiment(cfg, data_root)
     peers = [PeerData(p.peer_id, p.indices[:8], p.labels[:8]) for p in exp.peers]
     us, uv, bs, bv = _both(exp, peers)
-    torch.testing.assert_close(uv, us, rtol=0, atol=2e-4 * us.abs().max().item())
+    # float32 over 11M parameters, grouped convolutions against a per-peer loop: the reduction order
+    # differs, and on this machine's oneDNN 1,828 of 22M entries differ by up to 9e-4 of the largest
+    # entry (the previous bound, 2e-4, held on the machine that set it and fails here on the code as
+    # it was then too); exactness is tested in float64 above (CNN 1e-12, small ResNet 1e-7)
+    torch.testing.assert_close(uv, us, rtol=0, atol=2e-3 * us.abs().max().item())
     torch.testing.assert_close(bv, bs, rtol=0, atol=1e-5 * bs.abs().max().item())
 
 
