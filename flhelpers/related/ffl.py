@@ -197,6 +197,18 @@ class FFL(Defense):
     :meth:`aggregate` is needed: rows are then treated as unmixed and ``Q1`` is computed from
     the reputations of the round's peers.
 
+    **Our reading.** The seed (``ffl-readme.md``) gives no formula; the score's two
+    ingredients, the warm-up with the median, the bottom-quartile selection and the ``tanh``
+    weights are as above by our choice of formulas. The public code of the repository whose
+    README is the seed (``anonymized30/FFL``) differs in ways we do not reproduce: each peer
+    also keeps its own reputation of its partners and, after the warm-up, refuses to mix with
+    partners in its bottom quartile, and only exchanged updates are aggregated (so an attacker
+    nobody mixes with drops out, and honest rows stop carrying its noise); its score is
+    ``0.2 (1 - |n_k - m| / max_j |n_j - m|) + 0.8 (cos + 1) / 2``; each peer is credited with
+    its own mixed row's score; ``Q1`` is taken over all peers. Consequence of our reading: with
+    more attackers than a quarter of the peers some stay selected, and the honest partner of
+    one carries half of its update with full weight (the Related notebook's trace shows it).
+
     Args:
         warmup: rounds before reputation selects and weights (default 20, as FFL).
         attackers_mix: whether attackers mix (True) or send their update unmixed (False).

@@ -8,8 +8,9 @@ function                               seed figure
 :func:`plot_elimination_detection`     user elimination: detection accuracy, F1
 :func:`plot_elimination_effect`        user elimination: accuracy, attacked-class
                                        recall, with and without the defense
-:func:`plot_krum_ipm`                  Krum under IPM: final accuracy and rounds
-                                       Krum picked an attacker, vs attackers
+:func:`plot_krum_ipm`                  Krum under IPM: accuracy (mean of the last
+                                       rounds) and rounds Krum picked an
+                                       attacker, vs attackers
 =====================================  ==========================================
 
 Inputs are the tidy tables of :mod:`flhelpers.related.study`; every function returns a
@@ -18,6 +19,8 @@ matplotlib figure with a title, axis labels with units and a legend.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -45,6 +48,38 @@ def _color(name: str, i: int) -> str:
     return defense_color(name)
 
 
+_ORIGINAL_STYLE = ("#009E73", "D")
+_OURS_STYLES = (("#0072B2", "^"), ("#CC79A7", "s"), ("#56B4E9", "v"))
+
+
+def _epsilon(label: str) -> float:
+    """The budget in a user-elimination label ``"... (eps=10)"`` (inf when absent)."""
+    match = re.search(r"eps=([0-9.eE+-]+)", label)
+    return float(match.group(1)) if match else math.inf
+
+
+def _styles(names: Sequence[str]) -> dict[str, dict[str, object]]:
+    """Line styles that do not depend on which lines a figure holds: the original user-elimination
+    rule green diamonds; our rule by budget, largest first (blue triangles, filled; smaller
+    budgets hollow, drawn on top, so that identical points stay visible); other rules in
+    their defense colour with markers in order."""
+    ours = sorted((n for n in names if n.startswith("user elimination") and "original" not in n),
+                  key=_epsilon, reverse=True)
+    out: dict[str, dict[str, object]] = {}
+    for i, name in enumerate(names):
+        if name.startswith("user elimination") and "original" in name:
+            color, marker = _ORIGINAL_STYLE
+            out[name] = dict(color=color, marker=marker)
+        elif name in ours:
+            k = ours.index(name)
+            color, marker = _OURS_STYLES[k % len(_OURS_STYLES)]
+            out[name] = dict(color=color, marker=marker, zorder=3 + k,
+                             **({} if k == 0 else dict(fillstyle="none", markersize=9, markeredgewidth=1.6)))
+        else:
+            out[name] = dict(color=_color(name, i), marker=_MARKERS[i % len(_MARKERS)])
+    return out
+
+
 def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -53,10 +88,11 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
 
 def _lines(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, by: str, scale: float = 100.0) -> None:
     """One line per ``by`` value: the mean of ``y`` over seeds at each ``x``."""
-    for i, (name, g) in enumerate(frame.groupby(by, sort=False)):
+    groups = list(frame.groupby(by, sort=False))
+    styles = _styles([name for name, _ in groups])
+    for name, g in groups:
         g = g.groupby(x, as_index=False)[y].mean().sort_values(x)
-        ax.plot(g[x], g[y] * scale, marker=_MARKERS[i % len(_MARKERS)], color=_color(name, i),
-                label=_label(name), linewidth=1.6)
+        ax.plot(g[x], g[y] * scale, label=_label(name), linewidth=1.6, **styles[name])
     ax.grid(alpha=0.3)
 
 
@@ -119,18 +155,22 @@ def plot_elimination_effect(table: pd.DataFrame, title: str) -> Figure:
 
 
 def plot_krum_ipm(table: pd.DataFrame, title: str) -> Figure:
-    """Krum under IPM: final accuracy and the share of attacked rounds in which Krum picked an
-    attacker's update, vs the number of attackers per round (means over seeds)."""
-    _require(table, ["attackers", "final_accuracy", "selected_while_attacking", "attacking_rounds"], "plot_krum_ipm")
+    """Krum under IPM vs the number of attackers per round (means over seeds): the accuracy
+    averaged over the last rounds (``accuracy``, the table's ``averaged_rounds``; one bad round
+    does not decide it), and the share of attacked rounds in which Krum selected an attacker's
+    (poisoned) update."""
+    _require(table, ["attackers", "accuracy", "selected_while_attacking", "attacking_rounds"], "plot_krum_ipm")
     rows = table.groupby("attackers", as_index=False)[
-        ["final_accuracy", "selected_while_attacking", "attacking_rounds"]].mean().sort_values("attackers")
+        ["accuracy", "selected_while_attacking", "attacking_rounds"]].mean().sort_values("attackers")
+    last = sorted({int(v) for v in table["averaged_rounds"]}) if "averaged_rounds" in table else []
+    span = f"mean of the last {last[0]} rounds" if len(last) == 1 else "mean of the last rounds"
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
-        axes[0].plot(rows["attackers"], rows["final_accuracy"] * 100, marker="o", color=defense_color("krum"),
+        axes[0].plot(rows["attackers"], rows["accuracy"] * 100, marker="o", color=defense_color("krum"),
                      label="Krum")
-        axes[0].set_ylabel("final accuracy (%)")
+        axes[0].set_ylabel("accuracy (%)")
         axes[0].set_ylim(0, 102)
-        axes[0].set_title("accuracy after the last round")
+        axes[0].set_title(f"test accuracy, {span}")
         share = rows["selected_while_attacking"] / rows["attacking_rounds"].where(rows["attacking_rounds"] > 0) * 100
         axes[1].bar(rows["attackers"], share.fillna(0), color=defense_color("krum"), edgecolor="black", linewidth=0.4,
                     label="Krum")
