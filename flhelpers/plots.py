@@ -342,6 +342,21 @@ def close(fig: Figure) -> None:
     plt.close(fig)
 
 
-__all__ = ["BENCHMARK_TITLES", "DEFENSE_COLORS", "DEFENSE_LABELS", "METRIC_LABELS", "close", "defense_color", "defense_label",
+def show(fig: Figure, results_dir: str | Path, benchmark: str, name: str) -> Path:
+    """:func:`save_figure`, then display the figure in the running notebook (so the executed
+    notebook carries it) and release it; outside IPython only save and release."""
+    path = save_figure(fig, results_dir, benchmark, name)
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(fig)
+    finally:
+        close(fig)
+    return path
+
+
+__all__ = ["BENCHMARK_TITLES", "DEFENSE_COLORS", "DEFENSE_LABELS", "METRIC_LABELS", "close", "show", "defense_color", "defense_label",
            "ordered_defenses", "plot_detection", "plot_magnitudes", "plot_metric_bars", "plot_pca",
            "plot_runtime", "plot_source_accuracy_rounds", "save_figure", "scale_title"]

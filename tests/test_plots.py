@@ -266,3 +266,15 @@ def test_pca_2d_chunked_and_scaled_equals_plain(k, d, chunk, scale, seed):
     ref, r2 = pca_2d(scale * x)
     np.testing.assert_allclose(ours, ref, atol=1e-9)
     np.testing.assert_allclose(r1, r2, atol=1e-12)
+
+
+def test_show_saves_the_figure_and_frees_it_outside_a_notebook(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from flhelpers import plots
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = plots.show(fig, tmp_path, "mnist-iid", "line")
+    assert path == tmp_path / "figures" / "mnist-iid" / "line.png" and path.stat().st_size > 1000
+    assert not plt.fignum_exists(fig.number)

@@ -247,13 +247,6 @@ TITLES = {{b: plots.scale_title(plan[b][0]) for b in BENCHMARKS}}
 pd.set_option("display.precision", 2)
 
 
-def show(fig, benchmark, name):
-    # save under results_dir/figures/<benchmark>/<name>.png, show it here, free its memory
-    plots.save_figure(fig, results_dir, benchmark, name)
-    display(fig)
-    plots.close(fig)
-
-
 plan_table(plan)
 """),
         _md(f"""
@@ -280,7 +273,7 @@ if gradient_analyses:
 for b, c in captures.items():
     fig = plots.plot_pca(c.pca, f"{TITLES[b]}, {c.config.attacker_ratio:.0%} attackers",
                          color_by_class=(b == "mnist-extreme"))
-    show(fig, b, "pca_gradients")
+    plots.show(fig, results_dir, b, "pca_gradients")
 """),
         _md(f"""
 ## 2. Gradient magnitudes over rounds (Fig 3)
@@ -294,7 +287,7 @@ if captures:
               magnitude_trace(c.magnitudes, c.config.source_class, c.config.target_class)
               for b, c in captures.items()}
     fig = plots.plot_magnitudes(traces, plots.BENCHMARK_TITLES[BENCHMARKS[0]].split("-")[0])
-    show(fig, BENCHMARKS[0], "gradient_magnitudes")
+    plots.show(fig, results_dir, BENCHMARKS[0], "gradient_magnitudes")
 """),
         _md("""
 ## 3. A good and a bad update of the same peer (Table 1)
@@ -334,7 +327,7 @@ for b in BENCHMARKS:
     part = summaries[summaries["benchmark"] == b]
     tables[b] = write_benchmark_tables(summaries, results_dir, b)
     fig = plots.plot_metric_bars(part, TITLES[b])
-    show(fig, b, "robustness")
+    plots.show(fig, results_dir, b, "robustness")
 """),
         _code("""
 for b in BENCHMARKS:
@@ -355,7 +348,7 @@ for b in BENCHMARKS:
     part = summaries[summaries["benchmark"] == b]
     ratio = stability_ratio(part)
     fig = plots.plot_source_accuracy_rounds(rounds_frame[rounds_frame["benchmark"] == b], TITLES[b], ratio)
-    show(fig, b, "source_accuracy_rounds")
+    plots.show(fig, results_dir, b, "source_accuracy_rounds")
     display(Markdown(f"**{TITLES[b]}**: CV of Src-Acc (rows: defenses, columns: attacker ratio)"))
     display(tables[b]["source_accuracy_cv"].round(3))
 """),
@@ -370,7 +363,7 @@ one; the repeated median is the most expensive.
         _code("""
 for b in BENCHMARKS:
     fig = plots.plot_runtime(summaries[summaries["benchmark"] == b], TITLES[b])
-    show(fig, b, "runtime")
+    plots.show(fig, results_dir, b, "runtime")
 """),
         _md("""
 ## 7. Detection (beyond the paper)
@@ -384,7 +377,7 @@ attackers it rejects some honest peers (its FPR at 0 %); the paper reports no de
         _code("""
 for b in BENCHMARKS:
     fig = plots.plot_detection(summaries[summaries["benchmark"] == b], TITLES[b])
-    show(fig, b, "detection")
+    plots.show(fig, results_dir, b, "detection")
 """),
         _md("""
 ## This project vs the paper
