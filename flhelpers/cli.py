@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     t3 = sub.add_parser("table3", help="write table3.csv/.md: the journal's Table 3 beside this store's runs")
     t3.add_argument("--profile", default="medium", choices=PROFILES)
     t3.add_argument("--results-dir", default=None, help="default: results/reference/medium at medium, else results")
+    t3.add_argument("--readme", default=None, metavar="README.md",
+                    help="also put readme_tables.md between the table3 markers of this README")
     return p
 
 
@@ -338,11 +340,14 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def cmd_table3(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flhelpers.reference import default_results_dir, write_table3
+    from flhelpers.reference import default_results_dir, update_readme, write_table3
 
     folder = Path(args.results_dir) if args.results_dir else default_results_dir(args.profile)
     write_table3(folder, args.profile)
     print((folder / "table3.md").read_text())
+    if args.readme:
+        changed = update_readme(args.readme, (folder / "readme_tables.md").read_text())
+        print(f"{args.readme}: {'updated' if changed else 'already current'}")
     return 0
 
 

@@ -14,8 +14,8 @@ import torch
 from flhelpers.config import ExperimentConfig, benchmark_config
 from flhelpers.engine import run_experiment
 from flhelpers.grid import PAPER_TABLE3, make_grid
-from flhelpers.reference import (default_results_dir, reference_dir, shape_checks, table3, table3_markdown,
-                                 write_table3)
+from flhelpers.reference import (README_MARKERS, default_results_dir, readme_tables, reference_dir, shape_checks,
+                                 table3, table3_markdown, update_readme, write_table3)
 from flhelpers.results import is_finished, load_results, run_dir
 
 REFERENCE = reference_dir("medium")
@@ -105,6 +105,16 @@ def test_committed_runs_match_their_configs_and_table3_files_are_current() -> No
     np.testing.assert_allclose(committed["src_acc"].to_numpy(), fresh["src_acc"].to_numpy(), atol=0.006)
 
 
+def test_readme_shows_the_committed_table3_tables() -> None:
+    """README's "this project vs the paper" is the committed runs' tables, verbatim and current."""
+    finished = load_results(REFERENCE)
+    finished = finished[finished["profile"] == "medium"]
+    fresh = readme_tables(table3(finished), shape_checks(finished))
+    assert (REFERENCE / "readme_tables.md").read_text() == fresh, "stale: run python -m flhelpers table3"
+    readme = (REFERENCE.parents[2] / "README.md").read_text()
+    assert fresh in readme, "README.md's Table 3 section differs from results/reference/medium/readme_tables.md"
+
+
 @pytest.mark.slow
 def test_first_two_rounds_of_the_committed_mnist_extreme_lfighter_run_recompute(tmp_path, data_root) -> None:
     """The committed MNIST-Extreme LFighter run at 40 %, recomputed for two rounds on this machine.
@@ -138,3 +148,16 @@ def test_table3_command_writes_both_files_from_a_store(tmp_path, capsys) -> None
     assert t3["runs"].sum() == 1
     assert "# The journal's Table 3" in capsys.readouterr().out
     assert (tmp_path / "table3.md").is_file()
+
+
+def test_update_readme_replaces_only_between_the_markers(tmp_path) -> None:
+    begin, end = README_MARKERS
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{begin}\nold table\n{end}\nafter\n")
+    assert update_readme(readme, "| a |\n| --- |\n| 1 |\n")
+    assert readme.read_text() == f"# title\n\nbefore\n{begin}\n\n| a |\n| --- |\n| 1 |\n\n{end}\nafter\n"
+    assert not update_readme(readme, "| a |\n| --- |\n| 1 |\n")  # idempotent
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="table3:begin"):
+        update_readme(readme, "x")
+    assert readme.read_text() == "# no markers\n"
