@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from flhelpers.config import ExperimentConfig, benchmark_config
-from flhelpers.engine import run_experiment
-from flhelpers.grid import PAPER_TABLE3, make_grid
-from flhelpers.reference import (default_results_dir, reference_dir, shape_checks, table3, table3_markdown,
+from flhelpers.fl.engine import run_experiment
+from flhelpers.studies.paper import PAPER_TABLE3, make_grid
+from flhelpers.studies.reference import (default_results_dir, reference_dir, shape_checks, table3, table3_markdown,
                                  write_table3)
 from flhelpers.results import is_finished, load_results, run_dir
 
