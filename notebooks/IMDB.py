@@ -39,7 +39,6 @@ only_finished = False    # draw only the runs already finished in the store (lis
 
 # %%
 import warnings
-from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display
@@ -49,25 +48,18 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm falls b
 from flhelpers import plots
 from flhelpers.studies.gradients import capture_all, magnitude_trace
 from flhelpers.fl.grid import grid_rounds, run_grid
-from flhelpers.studies.paper import (PAPER_FIGURE_READINGS, TABLE3_BENCHMARKS, capture_config, check_findings,
-                                     has_plan, make_grid, paper_comparison, plan_table, stability_ratio,
+from flhelpers.studies.paper import (PAPER_FIGURE_READINGS, TABLE3_BENCHMARKS, capture_configs, check_findings,
+                                     has_plan, notebook_plan, paper_comparison, plan_table, stability_ratio,
                                      write_benchmark_tables)
-from flhelpers.studies.tables import write_table
 from flhelpers.studies.reference import default_results_dir
-from flhelpers.results import is_finished, run_dir
+from flhelpers.studies.tables import write_table
 
 results_dir = str(results_dir or default_results_dir(profile))
 # the medium profile has no CIFAR10-iid grid (Table 3 uses the Dirichlet split)
 BENCHMARKS = list(benchmarks or [b for b in ["imdb"] if has_plan(b, profile)])
 overrides = dict(rounds=rounds, num_peers=peers, device=device, **config_overrides)
-plan = {b: make_grid(b, profile, defenses, attacker_ratios, seeds, **overrides) for b in BENCHMARKS}
-if only_finished:
-    missing = [c for cs in plan.values() for c in cs if not is_finished(run_dir(results_dir, c.run_id()))]
-    for c in missing:
-        print(f"not finished yet, left out: {c.benchmark} {c.defense} at {c.attacker_ratio:.0%} ({c.run_id()})")
-    plan = {b: [c for c in cs if c not in missing] for b, cs in plan.items()}
-    BENCHMARKS = [b for b in BENCHMARKS if plan[b]]
-    plan = {b: plan[b] for b in BENCHMARKS}
+plan = notebook_plan(BENCHMARKS, profile, defenses, attacker_ratios, seeds, results_dir, only_finished, **overrides)
+BENCHMARKS = list(plan)  # only_finished leaves out a benchmark with no finished run
 TITLES = {b: plots.scale_title(plan[b][0]) for b in BENCHMARKS}
 pd.set_option("display.precision", 2)
 
@@ -89,10 +81,7 @@ plan_table(plan)
 # %%
 captures = {}
 if gradient_analyses:
-    configs = [capture_config(b, profile, seed=seeds[0], **overrides) for b in BENCHMARKS]
-    if only_finished:  # a capture is its run plus the analyses: keep those already stored
-        configs = [c for c in configs if (Path(results_dir) / "captures" / f"{c.run_id()}-r{c.rounds - 1}"
-                                          / "capture.json").is_file()]
+    configs = capture_configs(BENCHMARKS, profile, seeds[0], results_dir, only_finished, **overrides)
     captures = {c.benchmark: cap for c, cap in zip(configs, capture_all(configs, data_root, results_dir,
                                                                           workers=workers, force=force))}
 for b, c in captures.items():

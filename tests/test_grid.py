@@ -239,3 +239,20 @@ def test_capture_all_parallel_matches_sequential_and_is_reused(data_root, tmp_pa
     again = capture_all(configs, data_root, tmp_path / "par", workers=2)
     assert all(c.reused for c in again)
     pd.testing.assert_frame_equal(again[0].pca, par[0].pca, check_dtype=False)
+
+
+def test_notebook_plan_leaves_out_unfinished_runs_and_empty_benchmarks(tmp_path, capsys):
+    from flhelpers.studies.paper import capture_configs, notebook_plan
+    from flhelpers.results import atomic_write_json, run_dir
+
+    full = notebook_plan(["mnist-iid", "mnist-mild"], "quick", ["fedavg"], [0.0, 0.3], results_dir=tmp_path, **TINY)
+    assert {b: [c.run_id() for c in cs] for b, cs in full.items()} == \
+        {b: [c.run_id() for c in make_grid(b, "quick", ["fedavg"], [0.0, 0.3], **TINY)] for b in full}
+    done = full["mnist-iid"][0]
+    atomic_write_json(run_dir(tmp_path, done.run_id()) / "summary.json", {})
+    kept = notebook_plan(["mnist-iid", "mnist-mild"], "quick", ["fedavg"], [0.0, 0.3], results_dir=tmp_path,
+                         only_finished=True, **TINY)
+    assert kept == {"mnist-iid": [done]}
+    assert capsys.readouterr().out.count("not finished yet, left out:") == 3
+    assert len(capture_configs(["mnist-iid", "imdb"], "quick", 0, tmp_path, **TINY)) == 2
+    assert capture_configs(["mnist-iid", "imdb"], "quick", 0, tmp_path, only_finished=True, **TINY) == []

@@ -1,22 +1,14 @@
 """Figures, one shared style: the paper's, the related systems', the privacy study's, and heatmaps.
 
-``from flhelpers import plots`` gives the benchmark notebooks' figures and the house style
-(:mod:`~flhelpers.plots.style`: labels, colours, :func:`save_figure`, :func:`show`):
+``from flhelpers import plots`` gives the benchmark notebooks' figures and the house style:
 
-=====================================  ==========================  ==================
-function                               input                       paper
-=====================================  ==========================  ==================
-:func:`plot_pca`                       ``GradientCapture.pca``     Figs 1, 2, 4, 5, 6
-:func:`plot_magnitudes`                :func:`magnitude_trace`     Fig 3
-:func:`plot_metric_bars`               :func:`run_grid` summaries  Figs 7-12
-:func:`plot_source_accuracy_rounds`    :func:`grid_rounds`         Fig 13
-:func:`plot_runtime`                   summaries                   Fig 14
-:func:`plot_detection`                 summaries                   (beyond the paper)
-:func:`plot_defense_heatmaps`          summaries                   (beyond the paper)
-=====================================  ==========================  ==================
-
-The Related and Privacy notebooks' figures are :mod:`~flhelpers.plots.related` and
-:mod:`~flhelpers.plots.privacy`.
+* :mod:`~flhelpers.plots.style` - labels, colours, font sizes; :func:`save_figure`, :func:`show`;
+* :mod:`~flhelpers.plots.paper` - the paper's figures (PCA views, magnitudes, robustness bars,
+  stability, runtime, detection; its docstring maps each function to its figure of the paper);
+* :mod:`~flhelpers.plots.heatmaps` - defense x attacker-ratio heatmaps of Src-Acc and ASR
+  (beyond the paper);
+* :mod:`~flhelpers.plots.related`, :mod:`~flhelpers.plots.privacy` - the Related and Privacy
+  notebooks' figures (import them from there).
 """
 
 from __future__ import annotations

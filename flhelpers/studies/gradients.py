@@ -293,6 +293,14 @@ class GradientCapture:
                    comparison, meta["comparison_peer"], reused=True)
 
 
+def capture_folder(cfg: ExperimentConfig, results_dir: str | Path = "results",
+                   pca_rounds: Iterable[int] | None = None) -> Path:
+    """Where the capture of ``cfg`` (PCA at ``pca_rounds``, default the last round) is stored:
+    ``<results_dir>/captures/<run-id>-r<rounds>/``; it is complete once ``capture.json`` exists."""
+    rounds = sorted(set(pca_rounds)) if pca_rounds is not None else [cfg.rounds - 1]
+    return Path(results_dir) / "captures" / f"{cfg.run_id()}-r{'_'.join(map(str, rounds))}"
+
+
 def capture_gradients(cfg: ExperimentConfig, data_root: str | Path | None = None,
                       results_dir: str | Path = "results", pca_rounds: Iterable[int] | None = None,
                       compare: bool = True, force: bool = False, progress: bool = True) -> GradientCapture:
@@ -315,7 +323,7 @@ def capture_gradients(cfg: ExperimentConfig, data_root: str | Path | None = None
     for r in rounds:
         if not 0 <= r < cfg.rounds:
             raise ValueError(f"pca round {r} is outside the run's rounds 0..{cfg.rounds - 1}.")
-    folder = Path(results_dir) / "captures" / f"{cfg.run_id()}-r{'_'.join(map(str, rounds))}"
+    folder = capture_folder(cfg, results_dir, rounds)
     if not force and (folder / "capture.json").is_file():
         return GradientCapture.load(folder)
     holder: dict[str, UpdateRecorder] = {}
@@ -365,7 +373,7 @@ def capture_all(configs: Sequence[ExperimentConfig], data_root: str | Path | Non
     out: list[GradientCapture | None] = [None] * len(configs)
     todo = []
     for i, cfg in enumerate(configs):
-        folder = Path(results_dir) / "captures" / f"{cfg.run_id()}-r{cfg.rounds - 1}"
+        folder = capture_folder(cfg, results_dir)
         if not force and (folder / "capture.json").is_file():
             out[i] = GradientCapture.load(folder)
         else:

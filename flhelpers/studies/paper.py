@@ -20,6 +20,8 @@ import pandas as pd
 
 from flhelpers.config import ConfigError, ExperimentConfig, benchmark_config, validate_config
 from flhelpers.defenses import PAPER_DEFENSES
+from flhelpers.results import is_finished, run_dir
+from flhelpers.studies.gradients import capture_folder
 from flhelpers.studies.tables import metric_table, paper_order, pair_table, write_table
 
 #: the paper's attacker ratios (section 6.1)
@@ -279,6 +281,37 @@ def capture_config(benchmark: str, profile: str = "quick", seed: int = 0, **over
                             seed=seed, **overrides)
 
 
+def capture_configs(benchmarks: Sequence[str], profile: str = "quick", seed: int = 0,
+                    results_dir: str | Path = "results", only_finished: bool = False,
+                    **overrides: Any) -> list[ExperimentConfig]:
+    """The captured run (:func:`capture_config`) of each benchmark; with ``only_finished``, only
+    those whose capture is already stored in ``results_dir`` (a capture is its run plus the analyses)."""
+    configs = [capture_config(b, profile, seed=seed, **overrides) for b in benchmarks]
+    if only_finished:
+        configs = [c for c in configs if (capture_folder(c, results_dir) / "capture.json").is_file()]
+    return configs
+
+
+def notebook_plan(benchmarks: Sequence[str], profile: str = "quick", defenses: Sequence[str] | None = None,
+                  attacker_ratios: Sequence[float] | None = None, seeds: Sequence[int] = (0,),
+                  results_dir: str | Path = "results", only_finished: bool = False,
+                  **overrides: Any) -> dict[str, list[ExperimentConfig]]:
+    """The runs a benchmark notebook draws, by benchmark: :func:`make_grid` of each of ``benchmarks``.
+
+    With ``only_finished`` the runs not finished in ``results_dir`` are left out (each is
+    printed), and so is a benchmark left with no run: this is how the committed ``medium``
+    notebooks were executed while some runs were still computing.
+    """
+    plan = {b: make_grid(b, profile, defenses, attacker_ratios, seeds, **overrides) for b in benchmarks}
+    if not only_finished:
+        return plan
+    missing = [c for cs in plan.values() for c in cs if not is_finished(run_dir(results_dir, c.run_id()))]
+    for c in missing:
+        print(f"not finished yet, left out: {c.benchmark} {c.defense} at {c.attacker_ratio:.0%} ({c.run_id()})")
+    kept = {b: [c for c in cs if c not in missing] for b, cs in plan.items()}
+    return {b: cs for b, cs in kept.items() if cs}
+
+
 def stability_ratio(summaries: pd.DataFrame) -> float:
     """The ratio of the stability figure: 30 % (the paper's Fig 13) when the grid has it, else its highest."""
     ratios = sorted(float(r) for r in summaries["attacker_ratio"].unique())
@@ -326,5 +359,5 @@ def write_benchmark_tables(summaries: pd.DataFrame, results_dir: str | Path, ben
 
 
 __all__ = ["GridPlan", "PAPER_FIGURE_READINGS", "PAPER_RATIOS", "PAPER_TABLE3", "TABLE3_BENCHMARKS",
-           "TABLE3_DEFENSES", "capture_config", "capture_ratio", "check_findings", "default_plan", "has_plan",
-           "make_grid", "paper_comparison", "plan_table", "stability_ratio", "write_benchmark_tables"]
+           "TABLE3_DEFENSES", "capture_config", "capture_configs", "capture_ratio", "check_findings", "default_plan", "has_plan",
+           "make_grid", "notebook_plan", "paper_comparison", "plan_table", "stability_ratio", "write_benchmark_tables"]
