@@ -14,8 +14,8 @@ what each notebook runs, ``plots/`` the figures. Imports only flow down that lis
 
 from __future__ import annotations
 
+from flhelpers import attacks, defenses, models  # noqa: F401  (register every built-in name)
 from flhelpers._version import __version__
-from flhelpers import attacks, defenses, models  # noqa: E402,F401  (register every built-in name)
 from flhelpers.config import BENCHMARKS, ConfigError, ExperimentConfig, benchmark_config  # noqa: E402
 from flhelpers.data import FLDataset, load_dataset  # noqa: E402
 from flhelpers.registry import (  # noqa: E402
