@@ -106,12 +106,12 @@ def test_import_flhelpers_registers_every_built_in_name():
             "print(sorted(f.MODELS.names())); print(sorted(f.DATASETS.names()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     attacks, defenses, models, datasets = out.splitlines()
-    assert eval(attacks) == ["alie", "gaussian-noise", "ipm", "label-flip", "none"]
-    assert eval(defenses) == ["dp", "fedavg", "ffl", "ffl-mixing", "flame", "foolsgold", "krum", "lfighter",
+    assert ast.literal_eval(attacks) == ["alie", "gaussian-noise", "ipm", "label-flip", "none"]
+    assert ast.literal_eval(defenses) == ["dp", "fedavg", "ffl", "ffl-mixing", "flame", "foolsgold", "krum", "lfighter",
                               "median", "multi-krum", "repeated-median", "tolpegin", "trimmed-mean",
                               "user-elimination"]
-    assert eval(models) == ["bilstm", "mnist-cnn", "resnet18"]
-    assert eval(datasets) == ["cifar10", "imdb", "mnist"]
+    assert ast.literal_eval(models) == ["bilstm", "mnist-cnn", "resnet18"]
+    assert ast.literal_eval(datasets) == ["cifar10", "imdb", "mnist"]
 
 
 def _cells(nb) -> list[tuple[str, str, list[str]]]:
