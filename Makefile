@@ -1,5 +1,6 @@
 # flhelpers: `make reproduce` runs the main job, `make test` runs the tests.
 # Both create .venv and install the package when needed (only Python >= 3.10 and pip required).
+# `make lab` opens JupyterLab on notebooks/ with this environment as its kernel.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,11 +9,11 @@ PROFILE ?= quick
 RESULTS ?=
 export FLHELPERS_DATA ?= $(CURDIR)/data
 
-.PHONY: install test test-fast reproduce benchmarks clean-results
+.PHONY: install test test-fast reproduce lab benchmarks clean-results
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,ray,flower]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,ray,flower,lab]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,6 +26,15 @@ test-fast: $(VENV)/.installed
 
 reproduce: $(VENV)/.installed
 	$(PY) -m flhelpers reproduce --profile $(PROFILE) $(if $(RESULTS),--results-dir $(RESULTS),)
+
+# The kernel "Python (flhelpers)" runs this environment (also from any other Jupyter); the
+# paired scripts notebooks/*.py open as notebooks with one click (jupytext's viewer is the default).
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
+lab: $(VENV)/.installed
+	$(PY) -m ipykernel install --user --name flhelpers --display-name "Python (flhelpers)"
+	mkdir -p $(LAB_SETTINGS)
+	test -f $(LAB_SETTINGS)/overrides.json || echo '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' > $(LAB_SETTINGS)/overrides.json
+	$(VENV)/bin/jupyter lab notebooks/
 
 benchmarks: $(VENV)/.installed
 	$(PY) benchmarks/aggregation.py

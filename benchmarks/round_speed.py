@@ -49,11 +49,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flhelpers.config import ExperimentConfig, benchmark_config  # noqa: E402
-from flhelpers.engine import aggregate_round, build_experiment  # noqa: E402
+from flhelpers.fl.engine import aggregate_round, build_experiment  # noqa: E402
 from flhelpers.metrics import evaluate  # noqa: E402
 from flhelpers.params import flatten_buffers, flatten_params, load_flat_buffers, load_flat_params  # noqa: E402
-from flhelpers.training import loss_fn, make_optimizer  # noqa: E402
-from flhelpers.vectorized import VectorizedTrainer, backend_decision  # noqa: E402
+from flhelpers.fl.training import loss_fn, make_optimizer  # noqa: E402
+from flhelpers.fl.vectorized import VectorizedTrainer, backend_decision  # noqa: E402
 
 
 @dataclass

@@ -5,14 +5,17 @@ Federated Learning* (LFighter). Data flows one way::
 
     config -> data and partition -> peers' local training -> updates (K x D)
            -> defense -> new global model -> metrics -> tidy results -> plots
+
+The package is organised by role (docs/architecture.md): ``attacks/`` and ``defenses/`` hold
+every attack and every aggregation rule, ``fl/`` the round loop and its backends, ``studies/``
+what each notebook runs, ``plots/`` the figures. Imports only flow down that list
+(tests/test_architecture.py checks it).
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from flhelpers import attacks, defenses, models  # noqa: E402,F401  (register built-ins)
-from flhelpers import privacy, related  # noqa: E402,F401  (dp; ffl, user-elimination, ipm, alie, ...)
+from flhelpers import attacks, defenses, models  # noqa: F401  (register every built-in name)
+from flhelpers._version import __version__
 from flhelpers.config import BENCHMARKS, ConfigError, ExperimentConfig, benchmark_config  # noqa: E402
 from flhelpers.data import FLDataset, load_dataset  # noqa: E402
 from flhelpers.registry import (  # noqa: E402
@@ -28,8 +31,8 @@ from flhelpers.registry import (  # noqa: E402
 
 
 def run_experiment(*args, **kwargs):
-    """See :func:`flhelpers.engine.run_experiment`."""
-    from flhelpers.engine import run_experiment as _run
+    """See :func:`flhelpers.fl.engine.run_experiment`."""
+    from flhelpers.fl.engine import run_experiment as _run
 
     return _run(*args, **kwargs)
 

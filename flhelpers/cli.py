@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "ones; print the summary table and write it as CSV.")
     grid.add_argument("--benchmarks", nargs="+", required=True, metavar="B", help="of: " + ", ".join(BENCHMARKS))
     grid.add_argument("--defenses", nargs="+", default=None, metavar="D",
-                      help="default: the profile's plan (flhelpers.grid.default_plan)")
+                      help="default: the profile's plan (flhelpers.studies.paper.default_plan)")
     grid.add_argument("--ratios", nargs="+", type=float, default=None, metavar="R",
                       help="attacker ratios; default: the profile's plan")
     grid.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S")
@@ -238,7 +238,7 @@ def run_config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flhelpers.engine import run_experiment
+    from flhelpers.fl.engine import run_experiment
 
     cfg = run_config(args)
     result = run_experiment(cfg, data_root=args.data_root, results_dir=args.results_dir,
@@ -258,7 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def grid_configs(args: argparse.Namespace) -> list[ExperimentConfig]:
     """The validated configurations of ``flhelpers grid``'s arguments, in grid order."""
-    from flhelpers.grid import make_grid
+    from flhelpers.studies.paper import make_grid
 
     settings = parse_settings(args.settings, forbidden=_GRID_AXES)
     values = _merge(dict(rounds=args.rounds, num_peers=args.num_peers, device=args.device), settings,
@@ -298,11 +298,11 @@ def grid_table(results_dir: str | Path, run_ids: Sequence[str]) -> Any:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from flhelpers.grid import run_grid
+    from flhelpers.fl.grid import run_grid
 
     ray = args.executor == "ray"
     if ray:
-        from flhelpers.ray_executor import require_ray
+        from flhelpers.fl.ray_executor import require_ray
 
         require_ray()  # at once, before any configuration is built
         if args.workers is not None:
@@ -340,7 +340,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def cmd_table3(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flhelpers.reference import default_results_dir, update_readme, write_table3
+    from flhelpers.studies.reference import default_results_dir, update_readme, write_table3
 
     folder = Path(args.results_dir) if args.results_dir else default_results_dir(args.profile)
     write_table3(folder, args.profile)

@@ -223,7 +223,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     the valid names and suggests the closest), the defense's keyword arguments, every number's
     type and range, source != target, the device, and, for splits whose attacker count does not
     depend on the data (iid, Dirichlet), whether the rule can run with ``n`` peers per round and
-    ``f`` expected attackers (Krum: ``n > 2f + 2``). :func:`flhelpers.engine.build_experiment`
+    ``f`` expected attackers (Krum: ``n > 2f + 2``). :func:`flhelpers.fl.engine.build_experiment`
     checks the rest once the data is loaded (class range, the extreme split's attacker count).
     """
     _check_name(DATASETS, cfg.dataset)

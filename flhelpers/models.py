@@ -98,3 +98,17 @@ register_model("bilstm", _bilstm)
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def loss_fn(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy, or BCE-with-logits on a single logit (IMDB)."""
+    if name == "bce_with_logits":
+        return F.binary_cross_entropy_with_logits(logits.reshape(-1), labels.to(logits.dtype))
+    return F.cross_entropy(logits, labels)
+
+
+def predict(name: str, logits: torch.Tensor) -> torch.Tensor:
+    """Predicted classes: argmax, or ``logit > 0`` for one logit (the authors used > 0.5: wrong)."""
+    if name == "bce_with_logits":
+        return (logits.reshape(-1) > 0).long()
+    return logits.argmax(dim=1)

@@ -103,7 +103,7 @@ MEDIUM: dict[str, dict[str, Any]] = {
 }
 
 # Quick profile: the three notebooks together in about 10 minutes on 2 CPU cores (see
-# flhelpers.grid.default_plan for the grids). Peers, rounds, local epochs and data are shrunk;
+# flhelpers.studies.paper.default_plan for the grids). Peers, rounds, local epochs and data are shrunk;
 # the learning rate is raised where the paper's would not learn within the quick rounds:
 # MNIST-iid/Mild use lr 0.05 (15 rounds of ~6 local steps each), MNIST-Extreme lr 0.01 (the
 # journal's Table 3 value; one class per peer diverges at 0.05). IMDB keeps Adam lr 0.001 but

@@ -13,7 +13,7 @@ themselves (``<results_dir>/figures``, ``<results_dir>/tables``). Finished runs 
 a second call only re-draws.
 
 At ``medium`` the results store defaults to the committed reference results
-(``results/reference/medium``, :mod:`flhelpers.reference`): the three benchmark notebooks read
+(``results/reference/medium``, :mod:`flhelpers.studies.reference`): the three benchmark notebooks read
 every run back instead of computing it (``force=True`` recomputes), and ``table3.csv`` /
 ``table3.md`` are written beside them. The Related and Privacy notebooks have no medium profile.
 """
@@ -120,7 +120,7 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
         notebooks: names among ``MNIST``, ``CIFAR10``, ``IMDB``, ``Related``, ``Privacy``
             (default all five; at ``medium`` the three benchmark notebooks).
         results_dir: the results store; executed notebooks go to ``<results_dir>/notebooks``
-            (default :func:`flhelpers.reference.default_results_dir`: ``results``, or
+            (default :func:`flhelpers.studies.reference.default_results_dir`: ``results``, or
             ``results/reference/medium`` at ``medium``).
         data_root: the data root (default ``$FLHELPERS_DATA``, else ``./data``), passed as an
             absolute path so the kernel's working directory does not matter.
@@ -129,7 +129,7 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
         log_output: stream the notebooks' output to this process's output.
         force: recompute every run of the notebooks' grids even where a finished one exists.
     """
-    from flhelpers.reference import default_results_dir, write_table3
+    from flhelpers.studies.reference import default_results_dir, write_table3
 
     import papermill as pm
 

@@ -9,7 +9,7 @@
   ``eval_time``, seconds); these differ from run to run, so they live apart from the metrics.
 * ``summary.json``: the run summary (:func:`flhelpers.metrics.summarize`) plus the SHA-256 of
   ``metrics.csv``; written last, so its presence marks a finished run.
-* ``checkpoint.pt``: the latest checkpoint of an unfinished run (:mod:`flhelpers.checkpoint`).
+* ``checkpoint.pt``: the latest checkpoint of an unfinished run (:mod:`flhelpers.fl.checkpoint`).
 
 Every file is written atomically: a temporary file in the same folder, flush, fsync, rename
 (``os.replace``), fsync of the folder. A crash or a SIGKILL at any point leaves either the old

@@ -31,3 +31,17 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """Derived-data caches (tokenised IMDB) in a folder of this session unless $FLHELPERS_CACHE
+    says otherwise, so the suite never writes into the user's cache folder."""
+    if os.environ.get("FLHELPERS_CACHE"):
+        yield
+        return
+    os.environ["FLHELPERS_CACHE"] = str(tmp_path_factory.mktemp("flhelpers-cache"))
+    try:
+        yield
+    finally:
+        os.environ.pop("FLHELPERS_CACHE", None)

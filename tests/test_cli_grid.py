@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from flhelpers.cli import build_parser, grid_configs, main, parse_settings, run_config
-from flhelpers.engine import run_experiment
-from flhelpers.grid import make_grid
+from flhelpers.fl.engine import run_experiment
+from flhelpers.studies.paper import make_grid
 from flhelpers.results import load_results, run_dir
 
 TINY = ["--rounds", "2", "--set", "num_peers=5", "--set", "train_subset=600", "--set", "test_subset=200"]

@@ -284,20 +284,37 @@ def test_imdb_csv_official_and_paper_split(tmp_path: Path, name: str) -> None:
 
 
 def test_imdb_cache_written_and_used(tmp_path: Path, monkeypatch) -> None:
-    _write_csv(tmp_path / "imdb.csv", 10)
-    first = load_imdb(tmp_path, max_len=5, vocab_size=30)
-    cached = list((tmp_path / "flhelpers-cache").glob("imdb-*.pt"))
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    root.mkdir()
+    monkeypatch.setenv("FLHELPERS_CACHE", str(cache))
+    _write_csv(root / "imdb.csv", 10)
+    first = load_imdb(root, max_len=5, vocab_size=30)
+    cached = list(cache.glob("imdb-*.pt"))
     assert len(cached) == 1
+    assert sorted(p.name for p in root.iterdir()) == ["imdb.csv"]  # nothing written beside the data
 
     def fail(*_args, **_kwargs):
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(imdb_module, "tokenize_many", fail)
-    second = load_imdb(tmp_path, max_len=5, vocab_size=30)
+    second = load_imdb(root, max_len=5, vocab_size=30)
     assert torch.equal(first.train_x, second.train_x) and torch.equal(first.test_y, second.test_y)
     assert second.meta == first.meta
     with pytest.raises(AssertionError, match="cache"):  # other options: a different cache entry
-        load_imdb(tmp_path, max_len=6, vocab_size=30)
+        load_imdb(root, max_len=6, vocab_size=30)
+
+
+def test_cache_folder_follows_the_environment(tmp_path: Path, monkeypatch) -> None:
+    from flhelpers.data.base import resolve_cache_dir
+
+    monkeypatch.setenv("FLHELPERS_CACHE", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("FLHELPERS_CACHE")
+    assert resolve_cache_dir() == tmp_path / "xdg" / "flhelpers"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert resolve_cache_dir() == tmp_path / "home" / ".cache" / "flhelpers"
 
 
 def test_imdb_read_only_root_is_not_cached(read_only_dir) -> None:

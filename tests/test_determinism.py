@@ -16,7 +16,7 @@ import textwrap
 import pandas as pd
 
 from flhelpers.config import benchmark_config
-from flhelpers.engine import run_experiment
+from flhelpers.fl.engine import run_experiment
 from flhelpers.results import METRICS, TIMINGS
 
 CFG = benchmark_config("mnist-iid", "quick", num_peers=5, fraction=0.8, train_subset=750, test_subset=300,
@@ -27,7 +27,7 @@ RUN = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from flhelpers.config import ExperimentConfig
-    from flhelpers.engine import run_experiment
+    from flhelpers.fl.engine import run_experiment
     res = run_experiment(ExperimentConfig.from_dict(json.loads(sys.argv[1])), data_root=sys.argv[2],
                          results_dir=sys.argv[3], progress=False)
     print(res.path)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from flhelpers.config import benchmark_config
-from flhelpers.engine import build_experiment, run_experiment
+from flhelpers.fl.engine import build_experiment, run_experiment
 from flhelpers.results import load_results
 
 SMALL = dict(num_peers=10, train_subset=4000, test_subset=2000, rounds=8, lr=0.05)

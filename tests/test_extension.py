@@ -8,7 +8,7 @@ import flhelpers
 from flhelpers.config import ConfigError, ExperimentConfig
 from flhelpers.data.base import FLDataset
 from flhelpers.defenses.base import AggregationResult, Defense
-from flhelpers.engine import run_experiment
+from flhelpers.fl.engine import run_experiment
 
 
 def _toy_dataset(data_root=None, n=600, **_):
@@ -67,7 +67,7 @@ def test_custom_dataset_model_and_defense_run_end_to_end(tmp_path):
 def test_custom_names_are_listed_and_typos_suggested():
     assert "toy-blobs" in flhelpers.DATASETS.names()
     with pytest.raises(ConfigError, match="Did you mean 'tiny-net'"):
-        flhelpers.engine.validate_config(_cfg(model="tiny-nett"))
+        flhelpers.fl.engine.validate_config(_cfg(model="tiny-nett"))
 
 
 def test_registering_a_taken_name_needs_overwrite():

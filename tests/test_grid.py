@@ -1,4 +1,4 @@
-"""Grids of runs (flhelpers.grid): plans, reuse of finished runs, tables and the paper checks."""
+"""Grids of runs (flhelpers.fl.grid, flhelpers.studies.paper): plans, reuse of finished runs, tables and the paper checks."""
 
 from __future__ import annotations
 
@@ -6,24 +6,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import flhelpers.engine as engine
+import flhelpers.fl.engine as engine
 from flhelpers.defenses import PAPER_DEFENSES
-from flhelpers.grid import (
+from flhelpers.fl.grid import grid_rounds, run_grid
+from flhelpers.studies.paper import (
     PAPER_RATIOS,
     capture_config,
     check_findings,
     default_plan,
-    grid_rounds,
     make_grid,
-    metric_table,
     paper_comparison,
     plan_table,
-    run_grid,
     stability_ratio,
-    to_markdown,
     write_benchmark_tables,
-    write_table,
 )
+from flhelpers.studies.tables import metric_table, to_markdown, write_table
 
 TINY = dict(rounds=2, num_peers=5, train_subset=1000, test_subset=500)
 
@@ -205,7 +202,7 @@ def test_parallel_workers_match_sequential(data_root, tmp_path):
 
 
 def test_pair_table_formats_and_marks_missing():
-    from flhelpers.grid import pair_table
+    from flhelpers.studies.tables import pair_table
 
     a = pd.DataFrame({0.0: [89.54, np.nan], 0.3: [68.46, 88.4]}, index=["fedavg", "lfighter"])
     b = pd.DataFrame({0.0: [1.8, np.nan], 0.3: [11.26, 1.9]}, index=["fedavg", "lfighter"])
@@ -221,7 +218,7 @@ def test_capture_all_parallel_matches_sequential_and_is_reused(data_root, tmp_pa
     """Gradient captures in two worker processes equal those of one process, and are stored."""
     import torch
 
-    from flhelpers.analysis import capture_all, capture_gradients
+    from flhelpers.studies.gradients import capture_all, capture_gradients
 
     small = {**TINY, "num_peers": 10}  # the extreme split needs a multiple of 10 peers
     configs = [capture_config(b, "quick", **small) for b in ("mnist-iid", "mnist-extreme")]
@@ -242,3 +239,20 @@ def test_capture_all_parallel_matches_sequential_and_is_reused(data_root, tmp_pa
     again = capture_all(configs, data_root, tmp_path / "par", workers=2)
     assert all(c.reused for c in again)
     pd.testing.assert_frame_equal(again[0].pca, par[0].pca, check_dtype=False)
+
+
+def test_notebook_plan_leaves_out_unfinished_runs_and_empty_benchmarks(tmp_path, capsys):
+    from flhelpers.studies.paper import capture_configs, notebook_plan
+    from flhelpers.results import atomic_write_json, run_dir
+
+    full = notebook_plan(["mnist-iid", "mnist-mild"], "quick", ["fedavg"], [0.0, 0.3], results_dir=tmp_path, **TINY)
+    assert {b: [c.run_id() for c in cs] for b, cs in full.items()} == \
+        {b: [c.run_id() for c in make_grid(b, "quick", ["fedavg"], [0.0, 0.3], **TINY)] for b in full}
+    done = full["mnist-iid"][0]
+    atomic_write_json(run_dir(tmp_path, done.run_id()) / "summary.json", {})
+    kept = notebook_plan(["mnist-iid", "mnist-mild"], "quick", ["fedavg"], [0.0, 0.3], results_dir=tmp_path,
+                         only_finished=True, **TINY)
+    assert kept == {"mnist-iid": [done]}
+    assert capsys.readouterr().out.count("not finished yet, left out:") == 3
+    assert len(capture_configs(["mnist-iid", "imdb"], "quick", 0, tmp_path, **TINY)) == 2
+    assert capture_configs(["mnist-iid", "imdb"], "quick", 0, tmp_path, only_finished=True, **TINY) == []

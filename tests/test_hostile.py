@@ -1,6 +1,6 @@
 """Hostile and degenerate updates: no rule crashes, the global model never becomes non-finite.
 
-Every registered rule is run through :func:`flhelpers.engine.guarded_aggregate` (what the
+Every registered rule is run through :func:`flhelpers.fl.engine.guarded_aggregate` (what the
 engine does each round) on NaN / Inf / 1e30 / float32-max updates and on degenerate rounds
 (identical updates, a single peer, two peers, all-zero updates, every update non-finite, every
 peer an attacker, identical output layers that leave k-means and HDBSCAN no variance), plus a
@@ -23,7 +23,7 @@ import flhelpers  # noqa: F401  (registers the built-in rules)
 from flhelpers.attacks import Attack
 from flhelpers.config import benchmark_config
 from flhelpers.defenses.base import AggregationContext, AggregationResult, Defense
-from flhelpers.engine import apply_update, average_buffers, guarded_aggregate, run_experiment
+from flhelpers.fl.engine import apply_update, average_buffers, guarded_aggregate, run_experiment
 from flhelpers.params import layout_of
 from flhelpers.registry import DEFENSES, register_attack
 

@@ -7,7 +7,7 @@ import json
 import nbformat
 import pytest
 
-from flhelpers.grid import TABLE3_BENCHMARKS
+from flhelpers.studies.paper import TABLE3_BENCHMARKS
 from flhelpers.reproduce import ALL_NOTEBOOKS, NOTEBOOKS, ensure_kernel, notebooks_dir, reproduce, resolve_notebooks
 
 FIGURES = ("pca_gradients", "robustness", "source_accuracy_rounds", "runtime", "detection")

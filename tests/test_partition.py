@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from flhelpers.partition import make_partition
+from flhelpers.data.partition import make_partition
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The gradient analyses (flhelpers.analysis) and the figures (flhelpers.plots)."""
+"""The gradient analyses (flhelpers.studies.gradients) and the figures (flhelpers.plots)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from torch import nn  # noqa: E402
 
 from flhelpers import plots  # noqa: E402
-from flhelpers.analysis import (  # noqa: E402
+from flhelpers.studies.gradients import (  # noqa: E402
     angle_degrees,
     compare_updates,
     gradient_views,
@@ -278,3 +278,29 @@ def test_show_saves_the_figure_and_frees_it_outside_a_notebook(tmp_path):
     path = plots.show(fig, tmp_path, "mnist-iid", "line")
     assert path == tmp_path / "figures" / "mnist-iid" / "line.png" and path.stat().st_size > 1000
     assert not plt.fignum_exists(fig.number)
+
+
+def test_defense_heatmaps_annotate_src_acc_and_asr(tmp_path):
+    from flhelpers.plots.heatmaps import defense_ratio_table
+
+    rows = [dict(defense=d, attacker_ratio=r, source_accuracy=s, attack_success_rate=a, seed=seed)
+            for d, r, s, a in (("lfighter", 0.3, 0.90, 0.02), ("fedavg", 0.0, 0.95, 0.01), ("fedavg", 0.3, 0.60, 0.30))
+            for seed in (0, 1)]
+    frame = pd.DataFrame(rows)
+    table = defense_ratio_table(frame, "source_accuracy")
+    assert list(table.index) == ["FedAvg", "LFighter"] and list(table.columns) == ["0 %", "30 %"]
+    assert table.loc["FedAvg", "30 %"] == pytest.approx(60.0) and np.isnan(table.loc["LFighter", "0 %"])
+    fig = plots.plot_defense_heatmaps(frame, "MNIST-iid")
+    src, asr = [ax for ax in fig.axes if ax.get_title()]
+    assert (src.get_title(), asr.get_title()) == ("Src-Acc (%)", "ASR (%)")
+    for ax in (src, asr):
+        assert ax.get_xlabel() == "attacker ratio" and ax.get_ylabel() == "defense"
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["FedAvg", "LFighter"]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0 %", "30 %"]
+    assert sorted(t.get_text() for t in src.texts) == ["60.0", "90.0", "95.0"]  # the run-less cell stays blank
+    assert sorted(t.get_text() for t in asr.texts) == ["1.0", "2.0", "30.0"]
+    assert "Src-Acc and ASR" in fig._suptitle.get_text()
+    path = plots.show(fig, tmp_path, "mnist-iid", "src_acc_asr_heatmap")
+    assert path.is_file()
+    with pytest.raises(ValueError, match="attack_success_rate"):
+        plots.plot_defense_heatmaps(frame.drop(columns="attack_success_rate"), "x")

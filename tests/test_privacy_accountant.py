@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from flhelpers import privacy  # noqa: F401  (registers the dp defense)
-from flhelpers.privacy.accountant import (
+from flhelpers.defenses.accountant import (
     DEFAULT_ORDERS,
     RDPAccountant,
     epsilon_of,

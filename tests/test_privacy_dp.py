@@ -8,14 +8,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flhelpers import privacy  # noqa: F401  (registers the dp defense)
 from flhelpers.config import benchmark_config
 from flhelpers.defenses.base import AggregationContext
-from flhelpers.engine import run_experiment
+from flhelpers.fl.engine import run_experiment
 from flhelpers.models import MnistCNN
 from flhelpers.params import layout_of
-from flhelpers.privacy.accountant import epsilon_of
-from flhelpers.privacy.dp import DPFedAvg, clip_updates, planned_epsilon, with_dp
+from flhelpers.defenses.accountant import epsilon_of
+from flhelpers.defenses.dp import DPFedAvg, clip_updates, planned_epsilon, with_dp
 from flhelpers.registry import DEFENSES
 
 def ctx_for(dim: int, k: int, seed: int = 0, num_samples=None, layout=None, round_: int = 0):

@@ -15,7 +15,6 @@ import pytest
 import torch
 from torch import nn
 
-from flhelpers import privacy  # noqa: F401
 from flhelpers.data import load_dataset
 from flhelpers.models import MnistCNN
 from flhelpers.privacy.inversion import (

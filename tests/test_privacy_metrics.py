@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from flhelpers import privacy  # noqa: F401
 from flhelpers.models import MnistCNN
 from flhelpers.params import layout_of
 from flhelpers.privacy.image_metrics import psnr, score_reconstructions, ssim, to_pixels

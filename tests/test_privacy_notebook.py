@@ -1,6 +1,5 @@
 """The privacy notebook: in sync with its generator, and every cell runs (smoke profile)."""
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -8,25 +7,23 @@ import nbformat
 import pandas as pd
 import pytest
 
-from flhelpers import privacy  # noqa: F401
-from flhelpers.privacy.accountant import epsilon_of
+from flhelpers.defenses.accountant import epsilon_of
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "Privacy.ipynb"
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_privacy_notebook", ROOT / "tools" / "make_privacy_notebook.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _paired_script():
+    """The notebook's paired percent-format script (its source of truth for reviews)."""
+    import jupytext
+    return jupytext.read(ROOT / "notebooks" / "Privacy.py")
 
 
-def test_notebook_matches_its_generator():
-    built = _generator().build()
+def test_notebook_matches_its_paired_script():
+    built = _paired_script()
     stored = nbformat.read(NOTEBOOK, as_version=4)
     assert [c.source for c in stored.cells] == [c.source for c in built.cells], \
-        "notebooks/Privacy.ipynb is stale: run python tools/make_privacy_notebook.py"
+        "notebooks/Privacy.ipynb is stale: run jupytext --sync notebooks/Privacy.py"
     params = [c for c in stored.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and 'profile = "quick"' in params[0].source
 

@@ -1,4 +1,4 @@
-"""Grids on Ray (flhelpers.ray_executor): equal numbers, no shared filesystem, retries, resumption.
+"""Grids on Ray (flhelpers.fl.ray_executor): equal numbers, no shared filesystem, retries, resumption.
 
 Each test starts its own Ray and stops it, also on failure: a cluster on loopback started with
 ``ray start`` (its processes are found by their private temp dir and ended by pid), and a local
@@ -24,7 +24,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from flhelpers.grid import make_grid, run_grid
+from flhelpers.fl.grid import run_grid
+from flhelpers.studies.paper import make_grid
 from flhelpers.results import load_results, run_dir
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install -e ".[ray]"')

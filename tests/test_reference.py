@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from flhelpers.config import ExperimentConfig, benchmark_config
-from flhelpers.engine import run_experiment
-from flhelpers.grid import PAPER_TABLE3, make_grid
-from flhelpers.reference import (README_MARKERS, default_results_dir, readme_tables, reference_dir, shape_checks,
-                                 table3, table3_markdown, update_readme, write_table3)
+from flhelpers.fl.engine import run_experiment
+from flhelpers.studies.paper import PAPER_TABLE3, make_grid
+from flhelpers.studies.reference import (README_MARKERS, default_results_dir, readme_tables, reference_dir,
+                                         shape_checks, table3, table3_markdown, update_readme, write_table3)
 from flhelpers.results import is_finished, load_results, run_dir
 
 REFERENCE = reference_dir("medium")

@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-import flhelpers.related  # noqa: F401  (registers the related systems)
 from flhelpers.params import layout_of
 from flhelpers.registry import ATTACKS
-from flhelpers.related.attacks import ALittleIsEnough, GaussianNoise, InnerProductManipulation, alie_z
+from flhelpers.attacks import ALittleIsEnough, GaussianNoise, InnerProductManipulation, alie_z
 
 U = torch.tensor([[1.0, 2.0, 3.0],
                   [3.0, 2.0, 1.0],

@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import flhelpers.related  # noqa: F401  (registers the related systems)
-from flhelpers.related.detection import (attacked_class_recall, attacker_selected_rounds,
+from flhelpers.metrics.detection import (attacked_class_recall, attacker_selected_rounds,
                                          attacker_selected_share, detection_scores, detection_table,
                                          overall_detection, per_round_detection)
 
@@ -61,7 +60,7 @@ def test_detection_table_one_row_per_run():
 
 def test_krum_under_ipm_counts_rounds_it_picked_an_attacker(data_root, tmp_path):
     from flhelpers.config import benchmark_config
-    from flhelpers.engine import run_experiment
+    from flhelpers.fl.engine import run_experiment
 
     picked = []
 

@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-import flhelpers.related  # noqa: F401  (registers the related systems)
 from flhelpers.defenses.base import AggregationContext
 from flhelpers.params import layout_of
 from flhelpers.registry import DEFENSES
-from flhelpers.related.attacks import GaussianNoise
-from flhelpers.related.ffl import FFL, contributors, ffl_scores, mix_pairs, norm_closeness, pair_up
+from flhelpers.attacks import GaussianNoise
+from flhelpers.defenses.ffl import FFL, contributors, ffl_scores, mix_pairs, norm_closeness, pair_up
 
 LAYOUT = layout_of(nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 4)))  # D = 48 + 36 = 84
 
@@ -140,7 +139,7 @@ def test_without_attackers_only_the_bottom_quartile_is_left_out_and_state_round_
 
 def test_ffl_runs_end_to_end_and_resumes_identically(data_root, tmp_path):
     from flhelpers.config import benchmark_config
-    from flhelpers.engine import run_experiment
+    from flhelpers.fl.engine import run_experiment
 
     cfg = benchmark_config("mnist-iid", "quick", num_peers=8, train_subset=800, test_subset=300, rounds=4,
                            lr=0.05, attack="gaussian-noise", attacker_ratio=0.25, attack_kwargs={"sigma": 0.5},

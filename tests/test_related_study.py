@@ -10,10 +10,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-import flhelpers.related  # noqa: E402,F401
 from flhelpers.config import validate_config  # noqa: E402
-from flhelpers.related import study  # noqa: E402
-from flhelpers.related.plots import (plot_elimination_detection, plot_elimination_effect, plot_ffl,  # noqa: E402
+from flhelpers.studies import related as study  # noqa: E402
+from flhelpers.plots.related import (plot_elimination_detection, plot_elimination_effect, plot_ffl,  # noqa: E402
                                      plot_krum_ipm)
 
 
@@ -139,24 +138,22 @@ def test_run_table_counts_selected_attackers_before_and_during_the_attack(tmp_pa
     assert per_round.fn.tolist() == fn and per_round.source_recall.tolist() == acc
 
 
-def test_notebook_is_generated_from_the_script():
-    import importlib.util
+def test_notebook_matches_its_paired_script():
+    import jupytext
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("make_related_notebook", root / "tools" / "make_related_notebook.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    built = [c.source for c in mod.build().cells]
+    script = jupytext.read(root / "notebooks" / "Related.py")
+    built = [c.source for c in script.cells]
     on_disk = [("".join(c["source"]) if isinstance(c["source"], list) else c["source"])
                for c in json.loads((root / "notebooks" / "Related.ipynb").read_text())["cells"]]
-    assert built == on_disk, "notebooks/Related.ipynb is stale: run python tools/make_related_notebook.py"
-    params = [c for c in mod.build().cells if "parameters" in c.metadata.get("tags", [])]
+    assert built == on_disk, "notebooks/Related.ipynb is stale: run jupytext --sync notebooks/Related.py"
+    params = [c for c in script.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and 'profile = "quick"' in params[0].source
     for name in ("profile", "benchmarks", "defenses", "attacker_ratios", "seeds", "device", "data_root",
                  "results_dir", "rounds", "peers"):  # the parameters every notebook of the lab takes
         assert f"\n{name} = " in f"\n{params[0].source}", name
-    code = "\n".join(c.source for c in mod.build().cells if c.cell_type == "code")
-    assert "def " not in code and "class " not in code  # thin: logic lives in flhelpers.related
+    code = "\n".join(c.source for c in script.cells if c.cell_type == "code")
+    assert "def " not in code and "class " not in code  # thin: logic lives in flhelpers.studies.related
 
 
 @pytest.mark.slow
@@ -164,7 +161,7 @@ def test_traces_agree_with_the_runs_detection_counts(data_root, tmp_path):
     """The round-by-round traces re-run a configuration; their counts must match the engine's
     per-round detection counts of the same configuration (tiny real MNIST runs)."""
     from flhelpers.config import benchmark_config
-    from flhelpers.engine import run_experiment
+    from flhelpers.fl.engine import run_experiment
 
     tiny = dict(num_peers=8, rounds=3, train_subset=800, test_subset=200, lr=0.05, batch_size=16)
     ue = benchmark_config("mnist-iid", "quick", defense="user-elimination", attacker_ratio=0.25,

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import flhelpers.related  # noqa: F401  (registers the related systems)
 from flhelpers.registry import DEFENSES
-from flhelpers.related.user_elimination import (UserElimination, laplace_noise, ldp_report, null_threshold,
+from flhelpers.defenses.user_elimination import (UserElimination, laplace_noise, ldp_report, null_threshold,
                                                 two_means_1d)
 
 
@@ -64,7 +63,7 @@ def test_null_threshold_controls_false_alarms_on_laplace_reports():
 
 
 def test_noise_share():
-    from flhelpers.related.user_elimination import noise_share
+    from flhelpers.defenses.user_elimination import noise_share
 
     # sample variance of (0, 1, 2) is 1; Laplace(b = 0.5) has variance 0.5 -> share 0.5
     assert noise_share(np.array([0.0, 1.0, 2.0]), 0.5) == pytest.approx(0.5)
@@ -95,7 +94,7 @@ def test_share_bound_and_threshold_follow_the_spread():
     """Pure noise keeps every share possible (bound 1, the heavy-tailed threshold); reports
     spread far more than the noise can explain bound the share near 0 (the Gaussian
     threshold); the threshold is the level-(alpha - beta) quantile at the bound."""
-    from flhelpers.related.user_elimination import separation_threshold, share_upper_bound
+    from flhelpers.defenses.user_elimination import separation_threshold, share_upper_bound
 
     rng = np.random.default_rng(5)
     noise = rng.laplace(scale=0.2, size=20)
@@ -156,9 +155,9 @@ def test_global_loss_reports_single_out_label_flippers(data_root):
     """On real MNIST: a global model that knows class 7 has a high loss on an attacker's
     7 -> 1 flipped labels, so its LDP report lands in the eliminated cluster."""
     from flhelpers.config import benchmark_config
-    from flhelpers.engine import build_experiment
+    from flhelpers.fl.engine import build_experiment
     from flhelpers.params import flatten_buffers, flatten_params
-    from flhelpers.training import loss_fn
+    from flhelpers.models import loss_fn
 
     cfg = benchmark_config("mnist-iid", "quick", num_peers=10, train_subset=3000, test_subset=200,
                            attacker_ratio=0.3, defense="user-elimination",
@@ -183,7 +182,7 @@ def test_global_loss_reports_single_out_label_flippers(data_root):
 
 def test_no_attack_run_eliminates_nobody(data_root, tmp_path):
     from flhelpers.config import benchmark_config
-    from flhelpers.engine import run_experiment
+    from flhelpers.fl.engine import run_experiment
 
     cfg = benchmark_config("mnist-iid", "quick", num_peers=10, train_subset=1000, test_subset=300, rounds=3,
                            lr=0.05, defense="user-elimination", defense_kwargs={"epsilon": 50.0})

@@ -23,10 +23,10 @@ import pandas as pd
 import pytest
 import torch
 
-from flhelpers.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from flhelpers.fl.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from flhelpers.config import benchmark_config
 from flhelpers.defenses.foolsgold import FoolsGold
-from flhelpers.engine import run_experiment
+from flhelpers.fl.engine import run_experiment
 from flhelpers.results import (METRICS, SUMMARY, TIMINGS, atomic_write_csv, atomic_write_json,
                                atomic_write_text, is_finished, load_results, run_dir)
 
@@ -39,7 +39,7 @@ KILLED_RUN = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from flhelpers.config import ExperimentConfig
-    from flhelpers.engine import run_experiment
+    from flhelpers.fl.engine import run_experiment
     cfg = ExperimentConfig.from_dict(json.loads(sys.argv[1]))
     run_experiment(cfg, data_root=sys.argv[2], results_dir=sys.argv[3], progress=False,
                    on_round=lambda rec: time.sleep(0.4))  # slow enough to be killed mid-way
@@ -264,7 +264,7 @@ def test_crash_while_finishing_leaves_an_unfinished_resumable_run(reference, dat
             raise OSError("disk full")
         atomic_write_json(path, obj, **kw)
 
-    monkeypatch.setattr("flhelpers.engine.atomic_write_json", write_json)
+    monkeypatch.setattr("flhelpers.fl.engine.atomic_write_json", write_json)
     with pytest.raises(OSError, match="disk full"):
         run_experiment(CFG, data_root=data_root, results_dir=tmp_path, progress=False)
     monkeypatch.undo()

@@ -18,8 +18,8 @@ from flhelpers.config import ConfigError, ExperimentConfig, benchmark_config, va
 from flhelpers.data.base import DataMissingError, FLDataset
 from flhelpers.data.download import ChecksumError, DataCorruptError, download_url
 from flhelpers.data.mnist import MNIST_FILES
-from flhelpers.engine import build_experiment, run_experiment
-from flhelpers.training import SequentialTrainer
+from flhelpers.fl.engine import build_experiment, run_experiment
+from flhelpers.fl.training import SequentialTrainer
 
 BASE = benchmark_config("mnist-iid", "quick")
 

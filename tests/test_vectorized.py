@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from flhelpers import vectorized as vz
+from flhelpers.fl import vectorized as vz
 from flhelpers.config import benchmark_config
 from flhelpers.data import load_dataset
 from flhelpers.data.base import FLDataset
-from flhelpers.engine import build_experiment, run_experiment
+from flhelpers.fl.engine import build_experiment, run_experiment
 from flhelpers.params import flatten_buffers, flatten_params
 from flhelpers.registry import register_model
-from flhelpers.training import PeerData, SequentialTrainer, batch_order
+from flhelpers.fl.training import PeerData, SequentialTrainer, batch_order
 
 
 def _tiny_resnet(num_outputs: int = 10, **_: object) -> nn.Module:
@@ -294,7 +294,7 @@ def test_whole_short_run_gives_the_same_metrics(data_root, tmp_path):
 
 def test_auto_is_sequential_on_cpu_and_says_why(mnist_exp, caplog):
     cfg = mnist_exp.config.replace(backend="auto")
-    with caplog.at_level(logging.INFO, logger="flhelpers.vectorized"):
+    with caplog.at_level(logging.INFO, logger="flhelpers.fl.vectorized"):
         exp = build_experiment(cfg, dataset=mnist_exp.dataset)
     assert isinstance(exp.trainer, SequentialTrainer)
     assert "CPU" in exp.backend_reason and "sequential" in caplog.text

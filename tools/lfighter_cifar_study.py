@@ -30,9 +30,9 @@ import torch
 
 from flhelpers.config import benchmark_config
 from flhelpers.defenses.lfighter import filter_mild, neuron_magnitudes, top_two
-from flhelpers.engine import run_experiment
-from flhelpers.grid import to_markdown
-from flhelpers.reference import reference_dir
+from flhelpers.fl.engine import run_experiment
+from flhelpers.studies.reference import reference_dir
+from flhelpers.studies.tables import to_markdown
 
 
 def replay(rows: torch.Tensor, attackers: np.ndarray, source: int, target: int, seed: int) -> list[dict[str, Any]]:

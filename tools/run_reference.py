@@ -2,10 +2,10 @@
 
     python tools/run_reference.py --profile medium --benchmarks mnist-mild mnist-iid [--threads 1]
 
-Runs the :func:`flhelpers.grid.make_grid` plan of each benchmark one after another, one torch
+Runs the :func:`flhelpers.studies.paper.make_grid` plan of each benchmark one after another, one torch
 thread per process by default (the tests also run on one thread, so a test can recompute a
 reference run's first rounds exactly). The FedAvg run at the capture ratio is computed through
-:func:`flhelpers.analysis.capture_gradients`, so the notebooks find its gradient analyses too.
+:func:`flhelpers.studies.gradients.capture_gradients`, so the notebooks find its gradient analyses too.
 Finished runs are skipped and unfinished ones resume, so the script can be stopped and started
 again. ``--only`` keeps the configurations whose defense is listed. A run being computed holds
 ``runs/<run-id>.lock``, so two processes can work through the same plan (one with
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from flhelpers.analysis import capture_gradients
-from flhelpers.engine import run_experiment
-from flhelpers.grid import capture_config, make_grid
+from flhelpers.studies.gradients import capture_gradients
+from flhelpers.fl.engine import run_experiment
+from flhelpers.studies.paper import capture_config, make_grid
 from flhelpers.results import is_finished, run_dir
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 DATA_ENV = "FLHELPERS_DATA"
+#: overrides where derived files (the tokenised IMDB tensors) are cached
+CACHE_ENV = "FLHELPERS_CACHE"
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
@@ -25,6 +27,20 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path("data")
+
+
+def resolve_cache_dir() -> Path:
+    """Where flhelpers caches files derived from the data: ``$FLHELPERS_CACHE``, else
+    ``$XDG_CACHE_HOME/flhelpers``, else ``~/.cache/flhelpers``.
+
+    Never the data root: data roots are often read-only or shared between users and projects.
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "flhelpers"
 
 
 class DataMissingError(FileNotFoundError):

@@ -23,9 +23,11 @@ punctuation tokens; the vocabulary (``vocab_size`` entries including ``<pad>`` =
 ``<unk>`` = 1) is built on the **training split only**; each review is cut to its last
 ``max_len`` tokens and left-padded with 0.
 
-Encoded tensors are cached in ``<root>/flhelpers-cache/imdb-<key>.pt`` (the key hashes the
-options and the source file's path, size and modification time) when that folder can be
-written; a read-only data root is simply not cached.
+Encoded tensors are cached in ``<cache>/imdb-<key>.pt``, where ``<cache>`` is the user's cache
+folder (``$FLHELPERS_CACHE``, else ``$XDG_CACHE_HOME/flhelpers``, else ``~/.cache/flhelpers``;
+:func:`flhelpers.data.base.resolve_cache_dir`), never the data root, which is often read-only or
+shared. The key hashes the options and the source file's path, size and modification time; when
+the cache folder cannot be written the tensors are simply not cached.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flhelpers.data.base import FLDataset, resolve_data_root
+from flhelpers.data.base import FLDataset, resolve_cache_dir, resolve_data_root
 from flhelpers.data.download import (
     DataCorruptError,
     dir_is_writable,
@@ -71,7 +73,6 @@ IMDB_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 IMDB_CLASSES: tuple[str, ...] = ("negative", "positive")
 IMDB_CSV_NAMES: tuple[str, ...] = ("imdb.csv", "imdb.csv.gz")
 IMDB_FOLDER = "aclImdb"
-CACHE_DIR = "flhelpers-cache"
 #: Bump when the tokenizer or the cache layout changes, so stale caches are ignored.
 CACHE_VERSION = 1
 
@@ -133,8 +134,9 @@ def load_imdb(
         vocab_size: vocabulary size including ``<pad>`` and ``<unk>``, built on the training split.
         seed: the shuffle of ``split="paper"``.
         download: fetch the official archive when no source is on disk.
-        cache: read/write the encoded tensors under ``<root>/flhelpers-cache/`` (writes are
-            skipped silently when that folder is not writable).
+        cache: read/write the encoded tensors in the user's cache folder
+            (:func:`~flhelpers.data.base.resolve_cache_dir`; writes are skipped silently when that
+            folder is not writable). Nothing is ever written into the data root.
 
     Returns:
         ``train_x``/``test_x`` int64 ``(N, max_len)``, ``train_y``/``test_y`` int64 in {0, 1}
@@ -160,7 +162,7 @@ def load_imdb(
         source = _download(root, download)
 
     options = {"split": split, "max_len": max_len, "vocab_size": vocab_size, "seed": seed}
-    cache_file = root / CACHE_DIR / f"imdb-{_cache_key(source, options)}.pt" if cache else None
+    cache_file = resolve_cache_dir() / f"imdb-{_cache_key(source, options)}.pt" if cache else None
     if cache_file is not None:
         cached = _load_cache(cache_file, max_len)
         if cached is not None:

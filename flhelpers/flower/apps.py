@@ -20,11 +20,11 @@ result-path        where the server writes the round metrics as JSON ("" = nowhe
 torch-threads      torch threads of each client                                     1
 ================== ================================================================ ============
 
-Server and clients rebuild the same :class:`~flhelpers.engine.Experiment` from this config and
+Server and clients rebuild the same :class:`~flhelpers.fl.engine.Experiment` from this config and
 the seed (:func:`federation`): the same split (client ``k`` is our peer ``k``, its
 ``partition-id``), the same flippers (drawn among the source-class holders, as in our
 simulation), the same initial model. A client trains exactly our peer's local step
-(:func:`flhelpers.training.peer_update`, batch order seeded by (seed, round, peer)) and replies
+(:func:`flhelpers.fl.training.peer_update`, batch order seeded by (seed, round, peer)) and replies
 with its local model and the metrics ``num-examples``, ``partition-id`` and ``flipper`` (1 for a
 label flipper: simulation ground truth, so the server's round metrics show the share of
 accepted examples that came from flippers). The server runs :func:`robust_strategy` with the
@@ -52,7 +52,8 @@ from flhelpers.flower.strategy import robust_strategy
 from flhelpers.metrics import evaluate
 from flhelpers.params import flatten_buffers, flatten_params
 from flhelpers.results import atomic_write_json
-from flhelpers.training import loss_fn, peer_update, predict
+from flhelpers.fl.training import peer_update
+from flhelpers.models import loss_fn, predict
 
 #: run config defaults (module docstring)
 DEFAULTS: dict[str, Any] = {"benchmark": "mnist-iid", "profile": "quick", "defense": "lfighter", "defense-args": "{}",
@@ -88,13 +89,13 @@ def experiment_config(run_config: Mapping[str, Any]) -> ExperimentConfig:
 
 @functools.lru_cache(maxsize=4)
 def _experiment(config_json: str, data_root: str | None) -> Any:
-    from flhelpers.engine import build_experiment
+    from flhelpers.fl.engine import build_experiment
 
     return build_experiment(ExperimentConfig.from_dict(json.loads(config_json)), data_root)
 
 
 def federation(run_config: Mapping[str, Any]) -> Any:
-    """The :class:`~flhelpers.engine.Experiment` of ``run_config`` (data, split, flippers, model),
+    """The :class:`~flhelpers.fl.engine.Experiment` of ``run_config`` (data, split, flippers, model),
     built once per process (a Flower simulation reuses its client processes across rounds)."""
     cfg = experiment_config(run_config)
     root = str(run_config.get("data-root", "")) or None

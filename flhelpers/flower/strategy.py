@@ -14,7 +14,7 @@ A round of :class:`RobustStrategy` (Flower's Message API, ``flwr.serverapp``):
    layout (the output layer's slices, :func:`flhelpers.params.layout_of`), the number of
    classes, the round (``server_round - 1``: our rounds start at 0), the peer ids, the sample
    counts (the replies' ``num-examples``), the expected attacker count, the clients' learning
-   rate and a per-round seed. The rule runs inside :func:`flhelpers.hostile.guarded_aggregate`
+   rate and a per-round seed. The rule runs inside :func:`flhelpers.fl.guards.guarded_aggregate`
    (NaN/Inf replies rejected first), as in our simulation.
 4. ``W^{t+1} = W^t + Delta``; floating buffers (BatchNorm statistics) are the sample-weighted
    mean over the accepted clients; other arrays (counters) are the first accepted client's.
@@ -49,7 +49,7 @@ from torch import nn
 
 from flhelpers.config import ConfigError, ExperimentConfig, make_defense
 from flhelpers.defenses.base import AggregationContext, AggregationResult, Defense
-from flhelpers.hostile import apply_update, average_buffers, guarded_aggregate
+from flhelpers.fl.guards import apply_update, average_buffers, guarded_aggregate
 from flhelpers.params import ParamLayout, layout_of
 from flhelpers.seeding import derive_seed
 

@@ -7,7 +7,7 @@ of the batch-mean cross-entropy (one step of a fresh SGD-with-momentum optimizer
 The server observes:
 
 * ``"fl"`` (plain federated learning): ``u_k`` itself;
-* ``"ffl"`` (fragmented FL): the mixed updates of :func:`flhelpers.related.ffl.mix_pairs`,
+* ``"ffl"`` (fragmented FL): the mixed updates of :func:`flhelpers.defenses.ffl.mix_pairs`,
   pairs of peers having swapped a random half of their coordinates, so row ``k`` holds half of
   ``u_k`` and half of its partner's update;
 * ``"dp"`` (client-level DP noise on the update the server sees, i.e. DP-FedAvg's mechanism
@@ -30,9 +30,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from flhelpers.defenses.accountant import epsilon_of
+from flhelpers.defenses.dp import clip_updates
 from flhelpers.params import layout_of
-from flhelpers.privacy.accountant import epsilon_of
-from flhelpers.privacy.dp import clip_updates
 from flhelpers.privacy.image_metrics import score_reconstructions, to_pixels
 from flhelpers.privacy.inversion import (
     InversionConfig,
@@ -92,7 +92,7 @@ def observe(victim: Victim, updates: torch.Tensor, generator: torch.Generator,
     if victim.kind == "fl":
         return updates.clone(), {}
     if victim.kind == "ffl":
-        from flhelpers.related.ffl import mix_pairs
+        from flhelpers.defenses.ffl import mix_pairs
 
         if updates.shape[0] < 2:
             raise ValueError("FFL mixing needs at least two peers.")

@@ -1,0 +1,107 @@
+"""The base of every attack: the two hooks the engine calls, and the base of the model-poisoning attacks.
+
+An attack may poison a peer's *data* before local training (label flipping) and/or its
+*update* after local training (model poisoning). The engine calls
+:meth:`Attack.poison_labels` on each attacker's labels and :meth:`Attack.poison_updates` on
+the stacked ``K x D`` updates of the round. :class:`ModelPoisoning` is the base of the attacks
+that replace or perturb the attackers' rows of that matrix (honest before ``start_round``).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from flhelpers.params import ParamLayout
+
+
+class Attack:
+    """Base attack: does nothing. Subclasses override one or both hooks."""
+
+    name = "none"
+    #: attackers are drawn among the peers holding ``source_class`` data
+    needs_source_holders = False
+
+    def poison_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels
+
+    def poison_updates(self, updates: torch.Tensor, is_attacker: torch.Tensor, round: int,
+                       generator: torch.Generator | None = None,
+                       layout: "ParamLayout | None" = None) -> torch.Tensor:
+        """Model poisoning: return the ``K x D`` updates the server receives.
+
+        ``is_attacker`` is the ``(K,)`` mask of this round's attackers; ``generator`` is seeded
+        per round; ``layout`` tells where each tensor of the model lies in a row.
+        """
+        return updates
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class NoAttack(Attack):
+    """No attacker changes anything (the attacker ratio is ignored)."""
+
+
+def _check_start(start_round: int) -> int:
+    if isinstance(start_round, bool) or int(start_round) != start_round or start_round < 0:
+        raise ValueError(f"start_round must be an integer >= 0 (the first attacked round), got {start_round!r}.")
+    return int(start_round)
+
+
+class ModelPoisoning(Attack):
+    """Base of the update-replacing attacks: honest before ``start_round``, then :meth:`poison`."""
+
+    needs_source_holders = False
+
+    def __init__(self, start_round: int = 0) -> None:
+        self.start_round = _check_start(start_round)
+
+    def poison_updates(self, updates: torch.Tensor, is_attacker: torch.Tensor, round: int,
+                       generator: torch.Generator | None = None,
+                       layout: ParamLayout | None = None) -> torch.Tensor:
+        att = torch.as_tensor(is_attacker, dtype=torch.bool).to(updates.device)
+        if att.shape != (updates.shape[0],):
+            raise ValueError(
+                f"is_attacker must be a ({updates.shape[0]},) mask, one entry per update row; "
+                f"got shape {tuple(att.shape)}.")
+        if round < self.start_round or not bool(att.any()):
+            return updates
+        return self.poison(updates, att, generator, layout)
+
+    def poison(self, updates: torch.Tensor, is_attacker: torch.Tensor,
+               generator: torch.Generator | None, layout: ParamLayout | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def honest_rows(updates: torch.Tensor, is_attacker: torch.Tensor) -> torch.Tensor:
+    """The honest rows; all rows when every peer of the round attacks (the attackers then
+    can only use their own honestly trained updates as the estimate)."""
+    honest = updates[~is_attacker]
+    return honest if honest.shape[0] else updates
+
+
+def model_poisoning_factory(cls: type[ModelPoisoning]):
+    """A registry factory for ``cls``: drops the class arguments every attack receives and
+    turns an unknown keyword (a typo in ``attack_kwargs``) into a ValueError naming the valid ones."""
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def make(source_class: int | None = None, target_class: int | None = None,
+             num_classes: int | None = None, **kwargs) -> Attack:
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise ValueError(f"Unknown argument(s) {unknown} for the {cls.name!r} attack; valid: {valid}.")
+        return cls(**kwargs)
+
+    make.__doc__ = cls.__doc__
+    return make
+
+
+__all__ = ["Attack", "ModelPoisoning", "NoAttack", "honest_rows", "model_poisoning_factory"]

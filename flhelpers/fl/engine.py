@@ -1,0 +1,441 @@
+"""The FL simulation of Algorithm 1: config -> data -> peers' local training -> defense -> metrics.
+
+:func:`run_experiment` is the one entry point. It validates the config and builds everything
+(data, partition, attackers, model, defense) *before* any training, reuses a finished run
+with the same config (the run id hashes it), resumes an unfinished one from its checkpoint,
+and writes the results store (see :mod:`flhelpers.results`).
+
+Runs that survive:
+
+* **Checkpoint and resume.** Every ``checkpoint_every`` rounds (default 1; independent of
+  ``eval_every``) the run saves the global model, the round, the metrics so far, the counters
+  pending since the last evaluation, the defense's and the attack's state and the global
+  generator states (:mod:`flhelpers.fl.checkpoint`); only the latest checkpoint is kept. Running
+  the same config again continues from it. Every random draw is derived from
+  ``(seed, purpose, round, peer)`` (:mod:`flhelpers.seeding`), so on CPU a resumed run writes a
+  ``metrics.csv`` byte-identical to an uninterrupted run's (same machine, same torch thread
+  count: float reductions depend on it). Wall times go to ``timings.csv``, not ``metrics.csv``.
+* **Nothing half-written.** Every file is replaced atomically; ``summary.json`` is written
+  last and marks the run finished; it is deleted first whenever a run is recomputed.
+* **Hostile updates** are handled by :mod:`flhelpers.fl.guards` (NaN/Inf rows rejected before
+  the rule; a non-finite aggregate discarded); the global model never becomes non-finite.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from flhelpers._version import __version__
+from flhelpers.attacks import Attack, select_attackers
+from flhelpers.fl.checkpoint import (Progress, fingerprint, load_checkpoint, remove_checkpoint,
+                                  restore_rng_states, rng_states, save_checkpoint)
+from flhelpers.config import (ConfigError, ExperimentConfig, check_defense_size, expected_attackers,
+                              make_defense, peers_per_round, validate_config)
+from flhelpers.data import load_dataset
+from flhelpers.data.base import FLDataset
+from flhelpers.defenses.base import AggregationContext, AggregationResult, Defense
+from flhelpers.fl.guards import apply_update, average_buffers, feasible_attackers, guarded_aggregate  # noqa: F401
+from flhelpers.metrics import detection_counts, evaluate, summarize
+from flhelpers.models import build_model
+from flhelpers.params import ParamLayout, flatten_buffers, flatten_params, layout_of, load_flat_buffers, load_flat_params
+from flhelpers.data.partition import Partition, make_partition
+from flhelpers.registry import ATTACKS
+from flhelpers.results import (CONFIG, METRICS, METRICS_DIGEST, SUMMARY, TIMINGS, atomic_write_csv,
+                               atomic_write_json, atomic_write_text, csv_text, is_finished,
+                               read_finished_run, read_timings, remove_temporaries, run_dir, sha256_text)
+from flhelpers.seeding import derive_seed, torch_generator
+from flhelpers.fl.training import PeerData, SequentialTrainer
+
+
+@dataclass
+class RoundRecord:
+    """What a round produced, handed to ``on_round`` callbacks (plots of peers' gradients).
+
+    ``discarded`` is True when the aggregate was non-finite and the global model did not move.
+    """
+
+    round: int
+    peer_ids: np.ndarray
+    is_attacker: np.ndarray
+    updates: torch.Tensor
+    result: AggregationResult
+    context: AggregationContext
+    discarded: bool = False
+
+
+@dataclass
+class Experiment:
+    """Everything a run is built from; made by :func:`build_experiment` before any training."""
+
+    config: ExperimentConfig
+    dataset: FLDataset
+    partition: Partition
+    attackers: np.ndarray
+    attack: Attack
+    defense: Defense
+    model: torch.nn.Module
+    layout: ParamLayout
+    peers: list[PeerData]
+    device: torch.device
+    trainer: Any = None
+    expected_attackers: int = 0
+
+    @property
+    def is_attacker(self) -> np.ndarray:
+        mask = np.zeros(self.config.num_peers, dtype=bool)
+        mask[self.attackers] = True
+        return mask
+
+
+@dataclass
+class RunResult:
+    """A run's folder, summary, per-round metrics and resolved config.
+
+    ``summary`` is empty for an unfinished run (``stop_after``); ``timings`` holds the per-round
+    wall times (``timings.csv``); ``extra`` holds ``experiment`` for a computed run and
+    ``resumed_from`` (the first round computed here) when it continued from a checkpoint.
+    """
+
+    run_id: str
+    path: Path
+    summary: dict[str, Any]
+    metrics: pd.DataFrame
+    config: ExperimentConfig
+    reused: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    timings: pd.DataFrame | None = None
+
+
+def make_trainer(exp: Experiment):
+    """The training backend named by ``config.backend``."""
+    backend = exp.config.backend
+    if backend in ("vectorized", "auto"):
+        try:
+            from flhelpers.fl.vectorized import make_vectorized_trainer
+        except ImportError:
+            make_vectorized_trainer = None
+        if make_vectorized_trainer is not None:
+            trainer = make_vectorized_trainer(exp, strict=(backend == "vectorized"))
+            if trainer is not None:
+                return trainer
+        elif backend == "vectorized":
+            raise ValueError("The vectorized backend is not available in this version of flhelpers.")
+    return SequentialTrainer(exp.model, exp.config, exp.dataset, exp.device)
+
+
+def _make_attack(cfg: ExperimentConfig, num_classes: int) -> Attack:
+    try:
+        return ATTACKS.get(cfg.attack)(source_class=cfg.source_class, target_class=cfg.target_class,
+                                       num_classes=num_classes, **cfg.attack_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"attack {cfg.attack!r} with attack_kwargs {cfg.attack_kwargs}: {exc}") from exc
+
+
+def build_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
+                     dataset: FLDataset | None = None) -> Experiment:
+    """Validate ``cfg`` and build data, partition, attackers, model and defense (no training).
+
+    Raises :class:`~flhelpers.config.ConfigError` for a setting that cannot work, and the data
+    loaders' ``DataMissingError`` / ``DataCorruptError`` for absent or damaged data, all before
+    any training.
+    """
+    validate_config(cfg)
+    defense = make_defense(cfg)
+    if dataset is None:
+        dataset = load_dataset(cfg.dataset, data_root, **cfg.dataset_kwargs)
+    for name, c in (("source_class", cfg.source_class), ("target_class", cfg.target_class)):
+        if c >= dataset.num_classes:
+            raise ConfigError(
+                f"{name}={c} is out of range: {dataset.name} has classes 0..{dataset.num_classes - 1}.")
+    if cfg.train_subset or cfg.test_subset:
+        dataset = dataset.subset(cfg.train_subset, cfg.test_subset, seed=derive_seed(cfg.seed, "subset") % 2**31)
+    attack = _make_attack(cfg, dataset.num_classes)
+    scheme = "dirichlet" if cfg.partition == "mild" else cfg.partition
+    try:
+        partition = make_partition(dataset.train_y, cfg.num_peers, scheme,
+                                   seed=derive_seed(cfg.seed, "partition"), alpha=cfg.dirichlet_alpha,
+                                   min_samples=cfg.batch_size, num_classes=dataset.num_classes)
+        ratio = cfg.attacker_ratio if cfg.attack != "none" else 0.0
+        attackers = select_attackers(ratio, partition, cfg.source_class, scheme,
+                                     attack.needs_source_holders, seed=derive_seed(cfg.seed, "attackers"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    expected = expected_attackers(len(attackers), cfg)
+    check_defense_size(defense, cfg, peers_per_round(cfg), expected)
+    device = torch.device(cfg.device)
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    num_outputs = 1 if cfg.loss == "bce_with_logits" else dataset.num_classes
+    model = build_model(cfg.model, num_outputs, **dataset.meta).to(device)
+    layout = layout_of(model)
+    if device.type != "cpu":
+        dataset = FLDataset(dataset.name, dataset.train_x.to(device), dataset.train_y.to(device),
+                            dataset.test_x.to(device), dataset.test_y.to(device), dataset.num_classes,
+                            dataset.class_names, dataset.mean, dataset.std, dataset.meta)
+    is_att = set(attackers.tolist())
+    peers = []
+    for k, idx in enumerate(partition.indices):
+        idx = idx.to(device)
+        labels = dataset.train_y[idx]
+        if k in is_att:
+            labels = attack.poison_labels(labels)
+        peers.append(PeerData(k, idx, labels))
+    exp = Experiment(cfg, dataset, partition, attackers, attack, defense, model, layout, peers,
+                     device, expected_attackers=expected)
+    exp.trainer = make_trainer(exp)
+    return exp
+
+
+def select_peers(cfg: ExperimentConfig, round_: int) -> np.ndarray:
+    """Line 3-4 of Algorithm 1: ``m = max(C*K, 1)`` peers drawn at random (all when C = 1)."""
+    m = peers_per_round(cfg)
+    if m >= cfg.num_peers:
+        return np.arange(cfg.num_peers)
+    rng = np.random.default_rng(derive_seed(cfg.seed, "select", round_))
+    return np.sort(rng.choice(cfg.num_peers, size=m, replace=False))
+
+
+def screen_peers(exp: Experiment, candidates: np.ndarray, global_params: torch.Tensor,
+                 global_buffers: torch.Tensor, round_: int) -> tuple[np.ndarray, np.ndarray]:
+    """Let the defense drop peers *before* training (user elimination, FFL's reputation).
+
+    A defense may define ``select_peers(candidates, experiment, global_params, global_buffers,
+    round) -> kept ids``; dropped peers count as rejected in the detection metrics.
+    """
+    select = getattr(exp.defense, "select_peers", None)
+    if select is None:
+        return candidates, np.array([], dtype=np.int64)
+    kept = np.sort(np.asarray(select(candidates, exp, global_params, global_buffers, round_), dtype=np.int64))
+    if len(kept) == 0:
+        raise RuntimeError(f"{exp.defense!r} dropped every peer in round {round_}.")
+    return kept, np.setdiff1d(candidates, kept)
+
+
+def aggregate_round(exp: Experiment, updates: torch.Tensor, peer_ids: np.ndarray,
+                    global_params: torch.Tensor, round_: int) -> tuple[AggregationResult, AggregationContext]:
+    """Build the round's context and aggregate with :func:`guarded_aggregate`."""
+    cfg = exp.config
+    sizes = torch.tensor([exp.peers[k].num_samples for k in peer_ids], dtype=torch.float32)
+    ctx = AggregationContext(
+        layout=exp.layout, num_classes=exp.dataset.num_classes, round=round_,
+        peer_ids=torch.as_tensor(peer_ids), num_samples=sizes,
+        expected_attackers=exp.expected_attackers, lr=cfg.lr, global_params=global_params,
+        seed=derive_seed(cfg.seed, "defense", round_) % 2**31)
+    return guarded_aggregate(exp.defense, updates, ctx), ctx
+
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _config_record(exp: Experiment) -> dict[str, Any]:
+    return {
+        "config": exp.config.to_dict(),
+        "run_id": exp.config.run_id(),
+        "attackers": exp.attackers.tolist(),
+        "expected_attackers": exp.expected_attackers,
+        "partition_sizes": exp.partition.sizes().tolist(),
+        "partition_histogram": exp.partition.histogram.tolist(),
+        "num_parameters": exp.layout.dim,
+        "trainer": getattr(exp.trainer, "name", type(exp.trainer).__name__),
+        "backend_reason": getattr(exp, "backend_reason", "") or f"backend={exp.config.backend!r}",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "flhelpers": __version__},
+        "torch_num_threads": torch.get_num_threads(),
+    }
+
+
+@dataclass
+class _State:
+    """The mutable state of a run between rounds."""
+
+    next_round: int
+    global_params: torch.Tensor
+    global_buffers: torch.Tensor
+    progress: Progress
+
+
+def _resume(exp: Experiment, path: Path, run_id: str) -> tuple[_State | None, dict[str, Any]]:
+    """The state saved in the run's checkpoint, restored into ``exp``; ``None`` when there is none."""
+    state = load_checkpoint(path, run_id)
+    if state is None:
+        return None, {}
+    expected = fingerprint(exp.partition.indices, exp.attackers)
+    if state.get("fingerprint") != expected:
+        warnings.warn(f"Ignoring checkpoint of run {run_id}: the partition or the attackers rebuilt "
+                      f"from the seed differ from the checkpoint's (the data or flhelpers changed); "
+                      f"starting the run afresh.", stacklevel=3)
+        return None, {}
+    if state.get("num_threads") != torch.get_num_threads():
+        warnings.warn(f"Resuming run {run_id} with {torch.get_num_threads()} torch threads; it was "
+                      f"checkpointed with {state.get('num_threads')}. Float sums may differ in the last "
+                      f"digits from an uninterrupted run.", stacklevel=3)
+    exp.defense.load_state_dict(state["defense"])
+    exp.attack.load_state_dict(state["attack"])
+    restore_rng_states(state["rng"])
+    return _State(int(state["round"]) + 1, state["global_params"].to(exp.device),
+                  state["global_buffers"].to(exp.device), Progress.from_state(state["progress"])), \
+        {"resumed_from": int(state["round"]) + 1}
+
+
+def _save(exp: Experiment, path: Path, run_id: str, st: _State) -> None:
+    """Write the partial metrics and timings (for monitoring), then the checkpoint."""
+    if st.progress.rows:
+        atomic_write_csv(path / METRICS, pd.DataFrame(st.progress.rows))
+    atomic_write_csv(path / TIMINGS, pd.DataFrame(st.progress.timings))
+    save_checkpoint(path, {
+        "run_id": run_id, "round": st.next_round - 1,
+        "global_params": st.global_params.detach().cpu().clone(),
+        "global_buffers": st.global_buffers.detach().cpu().clone(),
+        "progress": st.progress.state_dict(),
+        "defense": exp.defense.state_dict(), "attack": exp.attack.state_dict(),
+        "rng": rng_states(), "fingerprint": fingerprint(exp.partition.indices, exp.attackers),
+        "num_threads": torch.get_num_threads()})
+
+
+def _public(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if k != METRICS_DIGEST}
+
+
+def _reuse(cfg: ExperimentConfig, path: Path, run_id: str) -> RunResult | None:
+    try:
+        summary, metrics = read_finished_run(path)
+    except ValueError as exc:
+        warnings.warn(f"Recomputing run {run_id}: {exc}", stacklevel=3)
+        return None
+    remove_checkpoint(path)  # a crash after the summary was written can leave one behind
+    return RunResult(run_id, path, _public(summary), metrics, cfg, reused=True, timings=read_timings(path))
+
+
+def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
+                   results_dir: str | Path = "results", force: bool = False, progress: bool = True,
+                   dataset: FLDataset | None = None, checkpoint_every: int = 1,
+                   on_round: Callable[[RoundRecord], None] | None = None,
+                   stop_after: int | None = None) -> RunResult:
+    """Run (or reuse, or resume) the experiment ``cfg`` and return its results.
+
+    * A finished run with this config (its ``summary.json`` exists and matches its
+      ``metrics.csv``) is returned as it is (``reused=True``), unless ``force`` or ``on_round``.
+    * An unfinished run with a checkpoint continues from the round after it, unless ``force``;
+      ``on_round`` then sees only the rounds computed in this call (``extra["resumed_from"]``
+      is the first of them). A finished run recomputed for ``on_round`` starts at round 0.
+    * Otherwise the run starts at round 0.
+
+    Args:
+        cfg: the configuration; its hash is the run id.
+        data_root: where the data sets are (argument, else ``$FLHELPERS_DATA``, else ``./data``).
+        results_dir: the results store's root.
+        force: recompute from round 0 even when a finished run or a checkpoint exists.
+        progress: show a tqdm bar over rounds.
+        dataset: an already loaded data set (skips loading).
+        checkpoint_every: rounds between checkpoints (0 disables checkpointing); independent of
+            ``cfg.eval_every``.
+        on_round: called after every aggregation with a :class:`RoundRecord`.
+        stop_after: stop after this many rounds (unfinished, checkpointed unless
+            ``checkpoint_every == 0``): for tests and demos.
+    """
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be an integer >= 0 (0: no checkpoints), got {checkpoint_every!r}.")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
+                                   or stop_after < 1):
+        raise ConfigError(f"stop_after must be None or an integer >= 1, got {stop_after!r}.")
+    run_id = cfg.run_id()
+    path = run_dir(results_dir, run_id)
+    if is_finished(path) and not force and on_round is None:
+        reused = _reuse(cfg, path, run_id)
+        if reused is not None:
+            return reused
+    exp = build_experiment(cfg, data_root, dataset)
+    path.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(path)
+    (path / SUMMARY).unlink(missing_ok=True)  # from here on the folder holds an unfinished run
+    if force:
+        remove_checkpoint(path)
+    atomic_write_json(path / CONFIG, _config_record(exp))
+
+    st, extra = (None, {}) if force else _resume(exp, path, run_id)
+    if st is None:
+        st = _State(0, flatten_params(exp.model), flatten_buffers(exp.model), Progress())
+    is_attacker = exp.is_attacker
+    bar = tqdm(range(st.next_round, cfg.rounds), desc=f"{cfg.benchmark} {cfg.defense} {cfg.attacker_ratio:.0%}",
+               disable=not progress, initial=st.next_round, total=cfg.rounds, leave=False)
+    for r in bar:
+        candidates = select_peers(cfg, r)
+        t0 = time.perf_counter()
+        peer_ids, _ = screen_peers(exp, candidates, st.global_params, st.global_buffers, r)
+        updates, buffers = exp.trainer.train_round([exp.peers[k] for k in peer_ids],
+                                                   st.global_params, st.global_buffers, r)
+        updates = exp.attack.poison_updates(
+            updates, torch.as_tensor(is_attacker[peer_ids]), r,
+            torch_generator(cfg.seed, "attack", r), exp.layout)
+        transform = getattr(exp.defense, "transform_updates", None)
+        if transform is not None:
+            updates = transform(updates, peer_ids, is_attacker[peer_ids], r)
+        t1 = time.perf_counter()
+        result, ctx = aggregate_round(exp, updates, peer_ids, st.global_params, r)
+        st.global_params, discarded = apply_update(st.global_params, result)
+        if not discarded:
+            st.global_buffers = average_buffers(st.global_buffers, buffers, ctx.num_samples, result.accepted)
+        t2 = time.perf_counter()
+        if on_round is not None:
+            on_round(RoundRecord(r, peer_ids, is_attacker[peer_ids], updates, result, ctx, discarded))
+        in_round = np.isin(candidates, peer_ids)
+        accepted_all = np.zeros(len(candidates), dtype=bool)
+        accepted_all[in_round] = result.accepted.cpu().numpy()[np.searchsorted(peer_ids, candidates[in_round])]
+        st.progress.add_round(detection_counts(accepted_all, is_attacker[candidates]),
+                              int(result.info.get("non_finite", 0)), discarded)
+        st.next_round = r + 1
+        last = r == cfg.rounds - 1
+        eval_time = 0.0
+        if (r + 1) % cfg.eval_every == 0 or last:
+            t3 = time.perf_counter()
+            load_flat_params(exp.model, st.global_params)
+            if st.global_buffers.numel():
+                load_flat_buffers(exp.model, st.global_buffers)
+            ev = evaluate(exp.model, exp.dataset, cfg.loss, cfg.source_class, cfg.target_class,
+                          cfg.eval_batch_size, exp.device)
+            st.progress.rows.append({"round": r, **ev.as_row(), **st.progress.take_pending(),
+                                     **{f"cum_{k}": v for k, v in st.progress.cum.items()},
+                                     "accepted": int(result.accepted.sum()),
+                                     # privacy spent so far, when the rule is differentially private
+                                     **{k: result.info[k] for k in ("epsilon", "delta")
+                                        if k in result.info}})
+            eval_time = time.perf_counter() - t3
+            bar.set_postfix(acc=f"{ev.accuracy:.3f}", src=f"{ev.source_accuracy:.3f}",
+                            asr=f"{ev.attack_success_rate:.3f}")
+        st.progress.timings.append({"round": r, "train_time": t1 - t0, "aggregation_time": t2 - t1,
+                                    "eval_time": eval_time})
+        stopping = stop_after is not None and r + 1 >= stop_after and not last
+        if checkpoint_every and not last and ((r + 1) % checkpoint_every == 0 or stopping):
+            _save(exp, path, run_id, st)
+        if stopping:
+            bar.close()
+            return RunResult(run_id, path, {}, pd.DataFrame(st.progress.rows), cfg,
+                             extra={**extra, "unfinished": True, "next_round": r + 1, "experiment": exp},
+                             timings=pd.DataFrame(st.progress.timings))
+    bar.close()
+    return _finish(exp, path, run_id, st, extra)
+
+
+def _finish(exp: Experiment, path: Path, run_id: str, st: _State, extra: dict[str, Any]) -> RunResult:
+    """Write metrics.csv, timings.csv, then summary.json (the finished mark), then drop the checkpoint."""
+    metrics = pd.DataFrame(st.progress.rows)
+    timings = pd.DataFrame(st.progress.timings)
+    summary = summarize(metrics, timings=timings)
+    text = csv_text(metrics)
+    atomic_write_text(path / METRICS, text)
+    atomic_write_csv(path / TIMINGS, timings)
+    # in summarize()'s key order, so a reused run's summary has the order of a fresh one
+    atomic_write_json(path / SUMMARY, {**summary, METRICS_DIGEST: sha256_text(text)}, sort_keys=False)
+    remove_checkpoint(path)
+    return RunResult(run_id, path, summary, metrics, exp.config, extra={**extra, "experiment": exp},
+                     timings=timings)

@@ -1,0 +1,363 @@
+"""The paper's study: what each benchmark notebook runs, and the paper's numbers to compare with.
+
+:func:`default_plan` is the grid each benchmark notebook runs at a profile: the paper's full
+grid (PAPER.md section 1) at ``paper``, Table 3's structure at ``medium``, a smaller one at
+``quick`` (section comments say why); :func:`make_grid` turns a plan into configurations.
+``PAPER_TABLE3`` and ``PAPER_FIGURE_READINGS`` are the paper's numbers and figures in words;
+:func:`paper_comparison` and :func:`check_findings` set a grid's summaries beside them;
+:func:`write_benchmark_tables` writes a benchmark's tables.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from flhelpers.config import ConfigError, ExperimentConfig, benchmark_config, validate_config
+from flhelpers.defenses import PAPER_DEFENSES
+from flhelpers.results import is_finished, run_dir
+from flhelpers.studies.gradients import capture_folder
+from flhelpers.studies.tables import metric_table, paper_order, pair_table, write_table
+
+#: the paper's attacker ratios (section 6.1)
+PAPER_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """The defenses and attacker ratios a notebook runs for one benchmark at one profile.
+
+    ``clean_defenses``: the defenses run at ratio 0 (``None``: all of ``defenses``); the quick
+    profile runs only a few rules without attackers to save time.
+    """
+
+    defenses: tuple[str, ...]
+    ratios: tuple[float, ...]
+    note: str = ""
+    clean_defenses: tuple[str, ...] | None = None
+
+
+# Quick grids: the attacked ratio is the capture ratio (so the gradient analyses reuse a grid
+# run); without attackers only the rules whose clean behaviour the paper discusses.
+_QUICK_PLANS: dict[str, GridPlan] = {
+    "mnist-iid": GridPlan(tuple(PAPER_DEFENSES), (0.0, 0.3), "all 7 paper defenses at 30 %; FedAvg, "
+                          "FoolsGold and LFighter also at 0 %", ("fedavg", "foolsgold", "lfighter")),
+    "mnist-mild": GridPlan(("fedavg", "median", "foolsgold", "lfighter"), (0.0, 0.3),
+                           "FedAvg, median, FoolsGold and LFighter at 30 %; FedAvg at 0 %", ("fedavg",)),
+    "mnist-extreme": GridPlan(("fedavg", "median", "multi-krum", "foolsgold", "lfighter"), (0.0, 0.4),
+                              "FedAvg, median, Multi-Krum, FoolsGold and LFighter at 40 % (2 of the 5 "
+                              "source-class holders); FedAvg and LFighter also at 0 %", ("fedavg", "lfighter")),
+    "cifar10-iid": GridPlan(("fedavg", "lfighter"), (0.3,), "FedAvg and LFighter at 30 %"),
+    "cifar10-mild": GridPlan(("fedavg", "lfighter"), (0.0, 0.3), "FedAvg and LFighter at 30 %; FedAvg at 0 %",
+                             ("fedavg",)),
+    # Multi-Krum needs n > 2f + 2: with 10 peers it cannot run at 40 % (f = 4)
+    "imdb": GridPlan(("fedavg", "median", "foolsgold", "lfighter"), (0.0, 0.4),
+                     "FedAvg, median, FoolsGold and LFighter at 40 %; FedAvg at 0 %", ("fedavg",)),
+}
+
+
+#: the rules of the journal's Table 3 (PAPER.md section 5), in its column order
+TABLE3_DEFENSES = ("fedavg", "median", "trimmed-mean", "multi-krum", "foolsgold", "lfighter")
+
+# Medium grids: the committed reference results (results/reference/medium, issue 11). The
+# journal's Table 3 on its three benchmarks (FedAvg without attack, every Table 3 rule at 40 %),
+# and FedAvg, the median and LFighter on MNIST-iid and MNIST-Extreme. CIFAR10-iid has no medium
+# grid (Table 3 uses the Dirichlet split).
+_TABLE3_PLAN = GridPlan(TABLE3_DEFENSES, (0.0, 0.4), "the journal's Table 3: FedAvg at 0 %, its six rules "
+                        "at 40 %", ("fedavg",))
+_MEDIUM_PLANS: dict[str, GridPlan] = {
+    "mnist-mild": _TABLE3_PLAN,
+    "cifar10-mild": _TABLE3_PLAN,
+    "imdb": _TABLE3_PLAN,
+    "mnist-iid": GridPlan(("fedavg", "median", "lfighter"), (0.0, 0.4), "FedAvg at 0 %; FedAvg, median and "
+                          "LFighter at 40 %", ("fedavg",)),
+    "mnist-extreme": GridPlan(("fedavg", "median", "lfighter"), (0.0, 0.4), "FedAvg at 0 %; FedAvg, median "
+                              "and LFighter at 40 % (4 of the 10 source-class holders)", ("fedavg",)),
+}
+
+
+def has_plan(benchmark: str, profile: str) -> bool:
+    """Whether ``benchmark`` has a grid at ``profile`` (the medium profile skips CIFAR10-iid)."""
+    key = benchmark.strip().lower()
+    return profile == "paper" or key in {"quick": _QUICK_PLANS, "medium": _MEDIUM_PLANS}.get(profile, {})
+
+
+def default_plan(benchmark: str, profile: str = "quick") -> GridPlan:
+    """The grid of ``benchmark`` at ``profile``: every paper defense and ratio 0-50 % at ``paper``;
+    Table 3's structure at ``medium``; a subset at ``quick`` that keeps the three notebooks within
+    minutes on 2 CPU cores."""
+    key = benchmark.strip().lower()
+    if profile == "paper":
+        return GridPlan(tuple(PAPER_DEFENSES), PAPER_RATIOS, "all paper defenses; ratios 0-50 %")
+    if profile == "medium":
+        if key not in _MEDIUM_PLANS:
+            raise ValueError(f"No medium plan for benchmark {benchmark!r}; known: {', '.join(_MEDIUM_PLANS)}.")
+        return _MEDIUM_PLANS[key]
+    if profile != "quick":
+        raise ValueError(f"Unknown profile {profile!r}; valid profiles: paper, medium, quick.")
+    if key not in _QUICK_PLANS:
+        raise ValueError(f"No quick plan for benchmark {benchmark!r}; known: {', '.join(_QUICK_PLANS)}.")
+    return _QUICK_PLANS[key]
+
+
+def make_grid(benchmark: str, profile: str = "quick", defenses: Sequence[str] | None = None,
+              attacker_ratios: Sequence[float] | None = None, seeds: Sequence[int] = (0,),
+              **overrides: Any) -> list[ExperimentConfig]:
+    """The configurations ``defenses x attacker_ratios x seeds`` of ``benchmark`` at ``profile``.
+
+    ``defenses`` and ``attacker_ratios`` default to :func:`default_plan` (whose
+    ``clean_defenses`` alone run at ratio 0 when ``defenses`` is not given); ``overrides``
+    (e.g. ``rounds``, ``num_peers``; ``None`` values are ignored) apply to every configuration.
+    A combination the rule cannot run (Multi-Krum needs ``n > 2f + 2``, so not at 50 %
+    attackers) is left out with a warning that names it; any other invalid setting raises.
+    """
+    plan = default_plan(benchmark, profile)
+    clean = plan.clean_defenses if defenses is None else None
+    defenses = tuple(defenses) if defenses is not None else plan.defenses
+    ratios = tuple(attacker_ratios) if attacker_ratios is not None else plan.ratios
+    if not defenses or not ratios or not seeds:
+        raise ValueError("A grid needs at least one defense, one attacker ratio and one seed.")
+    configs, skipped = [], []
+    for s in seeds:
+        for r in ratios:
+            for d in defenses:
+                if clean is not None and r == 0 and d not in clean:
+                    continue
+                cfg = benchmark_config(benchmark, profile, defense=d, attacker_ratio=float(r), seed=int(s),
+                                       **overrides)
+                try:
+                    validate_config(cfg)
+                except ConfigError as exc:
+                    if "cannot run with" not in str(exc):
+                        raise
+                    skipped.append(f"{d} at {float(r):.0%}")
+                    continue
+                configs.append(cfg)
+    if skipped:
+        warnings.warn(f"{benchmark}: skipped {', '.join(sorted(set(skipped)))}: the rule cannot run with that "
+                      f"many expected attackers among the peers of a round (e.g. Krum needs n > 2f + 2).",
+                      stacklevel=2)
+    return configs
+
+
+# ------------------------------------------------------------------ the paper's numbers (PAPER.md 5)
+
+#: Journal Table 3 of the paper at 40 % attackers: (Src-Acc %, ASR %) per benchmark and defense;
+#: ``fedavg-no-attack`` is FedAvg at 0 %. MNIST there is Dirichlet-split with lr 0.01.
+PAPER_TABLE3: dict[str, dict[str, tuple[float, float]]] = {
+    "mnist": {"fedavg-no-attack": (94.84, 0.49), "fedavg": (83.66, 9.44), "median": (81.13, 7.68),
+              "trimmed-mean": (80.74, 7.98), "multi-krum": (91.44, 1.56), "foolsgold": (0.00, 88.52),
+              "lfighter": (93.68, 0.68)},
+    "cifar10": {"fedavg-no-attack": (65.48, 14.90), "fedavg": (24.22, 52.93), "median": (23.53, 53.74),
+                "trimmed-mean": (21.62, 55.61), "multi-krum": (11.05, 71.62), "foolsgold": (29.92, 46.00),
+                "lfighter": (56.98, 12.10)},
+    "imdb": {"fedavg-no-attack": (86.03, 13.97), "fedavg": (12.43, 87.57), "median": (18.87, 81.13),
+             "trimmed-mean": (17.84, 82.16), "multi-krum": (0.00, 100.00), "foolsgold": (85.75, 14.25),
+             "lfighter": (85.44, 14.56)},
+}
+#: the benchmark each journal Table 3 row was measured on (its MNIST and CIFAR10 rows used a Dirichlet split)
+TABLE3_BENCHMARKS: dict[str, str] = {"mnist-mild": "mnist", "cifar10-mild": "cifar10", "imdb": "imdb"}
+#: what the paper's figures show across 0-50 % attackers (PAPER.md section 5, paper section 6.2)
+PAPER_FIGURE_READINGS: dict[str, str] = {
+    "mnist-iid": "every defense but FoolsGold holds up to 40 % attackers (FedAvg included); at 50 % only "
+                 "Multi-Krum and LFighter hold; FoolsGold's Src-Acc plummets and its ASR nears 100 % as soon "
+                 "as attackers appear (Fig 7)",
+    "mnist-mild": "close to MNIST-iid; FoolsGold does better than on iid data (Fig 8)",
+    "mnist-extreme": "LFighter Src-Acc about 86-90 % at every ratio with no false positives; FedAvg 90 -> 47 %; "
+                     "the median and the repeated median collapse (All-Acc about 11 %) (Fig 9)",
+    "cifar10-iid": "every defense but FoolsGold and LFighter degrades as attackers grow (Fig 10)",
+    "cifar10-mild": "LFighter Src-Acc about 58-62 % at every ratio; FedAvg 66 -> 17 %; every other defense "
+                    "degrades (Fig 11)",
+    "imdb": "LFighter Src-Acc about 85-87 % at every ratio, FoolsGold about the same; FedAvg 86 -> 5 % (Fig 12)",
+}
+
+
+def paper_comparison(summaries: pd.DataFrame, paper_key: str, ratio: float | None = None) -> pd.DataFrame:
+    """'This project vs the paper': Src-Acc and ASR (%) per defense, ours at ``ratio`` (default:
+    the grid's highest) beside journal Table 3 at 40 % (``paper_key`` in ``mnist``, ``cifar10``,
+    ``imdb``). The row ``fedavg-no-attack`` is FedAvg at 0 % where the grid has it."""
+    if paper_key not in PAPER_TABLE3:
+        raise ValueError(f"Unknown paper_key {paper_key!r}; valid: {', '.join(PAPER_TABLE3)}.")
+    ratios = sorted(summaries["attacker_ratio"].unique())
+    ratio = ratios[-1] if ratio is None else ratio
+    rows = []
+    paper = PAPER_TABLE3[paper_key]
+    for d in paper_order(summaries["defense"]):
+        sel = summaries[(summaries["defense"] == d) & np.isclose(summaries["attacker_ratio"], ratio)]
+        rows.append((d, sel))
+    clean = summaries[(summaries["defense"] == "fedavg") & np.isclose(summaries["attacker_ratio"], 0.0)]
+    if len(clean):
+        rows.insert(0, ("fedavg-no-attack", clean))
+    out = []
+    for name, sel in rows:
+        ours_src = 100 * pd.to_numeric(sel["source_accuracy"]).mean() if len(sel) else np.nan
+        ours_asr = 100 * pd.to_numeric(sel["attack_success_rate"]).mean() if len(sel) else np.nan
+        p_src, p_asr = paper.get(name, (np.nan, np.nan))
+        out.append({"defense": name, f"Src-Acc % (ours, {ratio:.0%})": ours_src, "Src-Acc % (paper, 40%)": p_src,
+                    f"ASR % (ours, {ratio:.0%})": ours_asr, "ASR % (paper, 40%)": p_asr})
+    return pd.DataFrame(out).set_index("defense")
+
+
+def _value(summaries: pd.DataFrame, benchmark: str, defense: str, ratio: float, metric: str) -> float:
+    sel = summaries[(summaries["benchmark"] == benchmark) & (summaries["defense"] == defense)
+                    & np.isclose(summaries["attacker_ratio"], ratio)]
+    return float(pd.to_numeric(sel[metric], errors="coerce").mean()) if len(sel) else float("nan")
+
+
+def check_findings(summaries: pd.DataFrame, margin: float = 0.10) -> pd.DataFrame:
+    """The paper's qualitative findings, checked on a grid's summaries (values are fractions).
+
+    Per benchmark, with ``hi`` the grid's highest attacker ratio and ``margin`` 10 points:
+
+    * *the attack hurts FedAvg's source class*: FedAvg's Src-Acc at ``hi`` is at least
+      ``margin`` below FedAvg's at 0 %;
+    * *LFighter holds the source class*: LFighter's Src-Acc at ``hi`` is within ``margin`` of
+      FedAvg's at 0 % (and not below FedAvg's at ``hi``);
+    * *the median collapses on MNIST-Extreme*: the median's All-Acc below 30 % (paper: ~11 %);
+    * *FoolsGold fails on MNIST-iid*: FoolsGold's Src-Acc at ``hi`` is at least ``2 * margin``
+      below FedAvg's at 0 %.
+
+    A finding whose runs are not in the grid is listed with ``holds = "not run"``.
+    """
+    _require_columns(summaries, ("benchmark", "defense", "attacker_ratio", "source_accuracy", "accuracy"))
+    rows = []
+    for b in sorted(summaries["benchmark"].unique()):
+        part = summaries[summaries["benchmark"] == b]
+        hi = float(part["attacker_ratio"].max())
+        clean = _value(summaries, b, "fedavg", 0.0, "source_accuracy")
+        fed = _value(summaries, b, "fedavg", hi, "source_accuracy")
+        lf = _value(summaries, b, "lfighter", hi, "source_accuracy")
+        checks = [("the attack hurts FedAvg's source class", f"FedAvg Src-Acc {_pct(clean)} at 0 % -> "
+                   f"{_pct(fed)} at {hi:.0%}", hi > 0 and clean - fed >= margin, (clean, fed)),
+                  ("LFighter holds the source class", f"LFighter Src-Acc {_pct(lf)} at {hi:.0%} vs FedAvg "
+                   f"{_pct(clean)} without attack", hi > 0 and lf >= clean - margin and lf >= fed, (clean, lf, fed))]
+        if b == "mnist-extreme":
+            acc = _value(summaries, b, "median", hi, "accuracy")
+            checks.append(("the median collapses on MNIST-Extreme", f"median All-Acc {_pct(acc)} at {hi:.0%}",
+                           acc < 0.30, (acc,)))
+        if b == "mnist-iid":
+            fg = _value(summaries, b, "foolsgold", hi, "source_accuracy")
+            checks.append(("FoolsGold fails on MNIST-iid", f"FoolsGold Src-Acc {_pct(fg)} at {hi:.0%} vs FedAvg "
+                           f"{_pct(clean)} without attack", clean - fg >= 2 * margin, (clean, fg)))
+        for finding, ours, ok, needed in checks:
+            ran = all(np.isfinite(v) for v in needed) and hi > 0
+            rows.append({"benchmark": b, "finding": finding, "this project": ours if ran else "n/a",
+                         "holds": ("yes" if ok else "no") if ran else "not run"})
+    return pd.DataFrame(rows)
+
+
+def _pct(v: float) -> str:
+    return "n/a" if not np.isfinite(v) else f"{100 * v:.1f} %"
+
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"Missing columns {missing}; pass the summaries returned by run_grid.")
+
+
+def capture_ratio(benchmark: str, profile: str = "quick") -> float:
+    """The attacker ratio of the gradient analyses (sections 1-3): 30 % as in the paper's Figs
+    1-5; 40 % on MNIST-Extreme (Fig 6: 4 of the 10 source-class peers) and on IMDB (the ratio
+    of the journal's Table 3; the paper shows no IMDB gradients). At ``medium`` always 40 %, the
+    ratio of its grid, so the captured run is the grid's FedAvg run."""
+    if profile == "medium":
+        return 0.4
+    return 0.4 if benchmark.strip().lower() in ("mnist-extreme", "imdb") else 0.3
+
+
+def capture_config(benchmark: str, profile: str = "quick", seed: int = 0, **overrides: Any) -> ExperimentConfig:
+    """The run whose gradients sections 1-3 analyse: FedAvg at :func:`capture_ratio`.
+
+    It is also a member of the benchmark's grid when the grid has that ratio, so capturing it
+    costs no extra run.
+    """
+    return benchmark_config(benchmark, profile, defense="fedavg", attacker_ratio=capture_ratio(benchmark, profile),
+                            seed=seed, **overrides)
+
+
+def capture_configs(benchmarks: Sequence[str], profile: str = "quick", seed: int = 0,
+                    results_dir: str | Path = "results", only_finished: bool = False,
+                    **overrides: Any) -> list[ExperimentConfig]:
+    """The captured run (:func:`capture_config`) of each benchmark; with ``only_finished``, only
+    those whose capture is already stored in ``results_dir`` (a capture is its run plus the analyses)."""
+    configs = [capture_config(b, profile, seed=seed, **overrides) for b in benchmarks]
+    if only_finished:
+        configs = [c for c in configs if (capture_folder(c, results_dir) / "capture.json").is_file()]
+    return configs
+
+
+def notebook_plan(benchmarks: Sequence[str], profile: str = "quick", defenses: Sequence[str] | None = None,
+                  attacker_ratios: Sequence[float] | None = None, seeds: Sequence[int] = (0,),
+                  results_dir: str | Path = "results", only_finished: bool = False,
+                  **overrides: Any) -> dict[str, list[ExperimentConfig]]:
+    """The runs a benchmark notebook draws, by benchmark: :func:`make_grid` of each of ``benchmarks``.
+
+    With ``only_finished`` the runs not finished in ``results_dir`` are left out (each is
+    printed), and so is a benchmark left with no run: this is how the committed ``medium``
+    notebooks were executed while some runs were still computing.
+    """
+    plan = {b: make_grid(b, profile, defenses, attacker_ratios, seeds, **overrides) for b in benchmarks}
+    if not only_finished:
+        return plan
+    missing = [c for cs in plan.values() for c in cs if not is_finished(run_dir(results_dir, c.run_id()))]
+    for c in missing:
+        print(f"not finished yet, left out: {c.benchmark} {c.defense} at {c.attacker_ratio:.0%} ({c.run_id()})")
+    kept = {b: [c for c in cs if c not in missing] for b, cs in plan.items()}
+    return {b: cs for b, cs in kept.items() if cs}
+
+
+def stability_ratio(summaries: pd.DataFrame) -> float:
+    """The ratio of the stability figure: 30 % (the paper's Fig 13) when the grid has it, else its highest."""
+    ratios = sorted(float(r) for r in summaries["attacker_ratio"].unique())
+    return next((r for r in ratios if np.isclose(r, 0.3)), ratios[-1])
+
+
+def plan_table(plan: dict[str, list[ExperimentConfig]]) -> pd.DataFrame:
+    """What each benchmark's grid runs: peers, rounds, epochs, data, defenses, ratios, seeds, runs."""
+    rows = []
+    for b, configs in plan.items():
+        c = configs[0]
+        rows.append({"benchmark": b, "profile": c.profile, "peers": c.num_peers, "rounds": c.rounds,
+                     "local epochs": c.local_epochs, "train samples": c.train_subset or "all",
+                     "test samples": c.test_subset or "all",
+                     "defenses": ", ".join(dict.fromkeys(x.defense for x in configs)),
+                     "attacker ratios": ", ".join(f"{r:.0%}" for r in sorted({x.attacker_ratio for x in configs})),
+                     "seeds": ", ".join(str(s) for s in sorted({x.seed for x in configs})),
+                     "runs": len(configs)})
+    return pd.DataFrame(rows).set_index("benchmark")
+
+
+def write_benchmark_tables(summaries: pd.DataFrame, results_dir: str | Path, benchmark: str) -> dict[str, pd.DataFrame]:
+    """Write one benchmark's tables (defenses x ratios) to ``<results_dir>/tables/<benchmark>_<metric>``.
+
+    Metrics: test loss, All-Acc %, Src-Acc %, ASR %, Src-Acc CV (Table 3 of the paper), detection
+    TPR % and FPR %, aggregation ms per round, and ``src_acc_asr`` ("Src-Acc % / ASR %" strings).
+    Returns the tables by name.
+    """
+    part = summaries[summaries["benchmark"] == benchmark]
+    if part.empty:
+        raise ValueError(f"No runs of benchmark {benchmark!r} in the summaries.")
+    spec = {"test_loss": 1.0, "accuracy": 100.0, "source_accuracy": 100.0, "attack_success_rate": 100.0,
+            "source_accuracy_cv": 1.0, "detection_tpr": 100.0, "detection_fpr": 100.0,
+            "aggregation_time_per_round": 1000.0}
+    tables = {}
+    for metric, scale in spec.items():
+        table = metric_table(part, metric, scale=scale)
+        digits = 3 if metric in ("source_accuracy_cv", "test_loss") else 1
+        write_table(table, results_dir, f"{benchmark}_{metric}", digits=digits)
+        tables[metric] = table
+    pair = pair_table(tables["source_accuracy"], tables["attack_success_rate"])
+    write_table(pair, results_dir, f"{benchmark}_src_acc_asr")
+    tables["src_acc_asr"] = pair
+    return tables
+
+
+__all__ = ["GridPlan", "PAPER_FIGURE_READINGS", "PAPER_RATIOS", "PAPER_TABLE3", "TABLE3_BENCHMARKS",
+           "TABLE3_DEFENSES", "capture_config", "capture_configs", "capture_ratio", "check_findings", "default_plan", "has_plan",
+           "make_grid", "notebook_plan", "paper_comparison", "plan_table", "stability_ratio", "write_benchmark_tables"]

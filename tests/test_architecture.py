@@ -1,0 +1,136 @@
+"""The house rules (docs/architecture.md): imports flow one way, notebooks and their scripts agree.
+
+Every module of ``flhelpers`` belongs to one layer; a module may import its own layer and the
+layers below it, never one above, function-level (lazy) imports included. The package's
+``__init__`` is the public facade: it ranks with the interfaces, at the top. Run alone with
+``python -m pytest -q tests/test_architecture.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "flhelpers"
+NOTEBOOKS = ROOT / "notebooks"
+
+#: bottom to top: settings -> data/models -> attacks/defenses -> the attack on privacy ->
+#: metrics/results -> fl -> studies -> plots -> the interfaces (command line, notebooks runner, Flower)
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("settings", ("_version", "config", "presets", "registry", "params", "seeding")),
+    ("data and models", ("data", "models")),
+    ("attacks and defenses", ("attacks", "defenses")),
+    ("privacy attack", ("privacy",)),
+    ("metrics and results", ("metrics", "results")),
+    ("fl", ("fl",)),
+    ("studies", ("studies",)),
+    ("plots", ("plots",)),
+    ("interfaces", ("cli", "reproduce", "flower", "__main__")),
+)
+_RANK = {top: rank for rank, (_, tops) in enumerate(LAYERS) for top in tops}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer_of(module: str) -> int:
+    """The rank of a ``flhelpers.<top>...`` module; the package root (the public facade, which
+    imports the built-ins to register them) ranks with the interfaces, at the top."""
+    parts = module.split(".")
+    return len(LAYERS) - 1 if len(parts) == 1 else _RANK[parts[1]]
+
+
+def imported_modules(path: Path, known: set[str]) -> list[tuple[int, str]]:
+    """Every ``flhelpers`` module ``path`` imports, anywhere in the file: (line, module).
+    ``from flhelpers.x import y`` counts as ``flhelpers.x.y`` when that is a module, else ``flhelpers.x``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "flhelpers"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.split(".")[0] == "flhelpers":
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.append((node.lineno, sub if sub in known else node.module))
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            raise AssertionError(f"{path}:{node.lineno}: relative import; the house uses absolute imports")
+    return found
+
+
+def upward_imports() -> list[str]:
+    known = set(modules())
+    bad = []
+    for name, path in modules().items():
+        if name == "flhelpers":  # the facade re-exports the public names
+            continue
+        own = layer_of(name)
+        for line, target in imported_modules(path, known):
+            rank = layer_of(target)
+            if rank > own:
+                bad.append(f"{path.relative_to(ROOT)}:{line} (layer '{LAYERS[own][0]}') imports {target} "
+                           f"(layer '{LAYERS[rank][0]}')")
+    return bad
+
+
+def test_every_module_has_a_layer():
+    tops = {name.split(".")[1] for name in modules() if name != "flhelpers"}
+    assert tops <= set(_RANK), f"place these in LAYERS (and docs/architecture.md): {sorted(tops - set(_RANK))}"
+
+
+def test_no_module_imports_a_layer_above_it():
+    bad = upward_imports()
+    assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    path = tmp_path / "flhelpers" / "defenses" / "x.py"
+    path.parent.mkdir(parents=True)
+    path.write_text("def f():\n    from flhelpers.fl.engine import run_experiment\n")
+    found = [t for _, t in imported_modules(path, {"flhelpers.fl.engine"})]
+    assert found == ["flhelpers.fl.engine"] and layer_of(found[0]) > layer_of("flhelpers.defenses.x")
+
+
+def test_import_flhelpers_registers_every_built_in_name():
+    code = ("import flhelpers as f; print(sorted(f.ATTACKS.names())); print(sorted(f.DEFENSES.names())); "
+            "print(sorted(f.MODELS.names())); print(sorted(f.DATASETS.names()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    attacks, defenses, models, datasets = out.splitlines()
+    assert ast.literal_eval(attacks) == ["alie", "gaussian-noise", "ipm", "label-flip", "none"]
+    assert ast.literal_eval(defenses) == ["dp", "fedavg", "ffl", "ffl-mixing", "flame", "foolsgold", "krum", "lfighter",
+                              "median", "multi-krum", "repeated-median", "tolpegin", "trimmed-mean",
+                              "user-elimination"]
+    assert ast.literal_eval(models) == ["bilstm", "mnist-cnn", "resnet18"]
+    assert ast.literal_eval(datasets) == ["cifar10", "imdb", "mnist"]
+
+
+def _cells(nb) -> list[tuple[str, str, list[str]]]:
+    return [(c.cell_type, c.source, list(c.metadata.get("tags", []))) for c in nb.cells]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")))
+def test_notebook_and_its_script_are_in_sync(name):
+    """notebooks/<NAME>.ipynb and notebooks/<NAME>.py (percent format) hold the same cells;
+    fix with ``jupytext --sync notebooks/<NAME>.ipynb`` (or ``.py``, whichever you edited)."""
+    import jupytext
+
+    script = NOTEBOOKS / f"{name}.py"
+    assert script.is_file(), f"{script.name} missing: jupytext --sync notebooks/{name}.ipynb"
+    assert script.read_text().startswith("# %%"), f"{script.name} is not in the percent format"
+    assert _cells(jupytext.read(script)) == _cells(jupytext.read(NOTEBOOKS / f"{name}.ipynb")), \
+        f"notebooks/{name}.ipynb and {name}.py differ: jupytext --sync the one you edited"
+
+
+def test_every_script_has_its_notebook():
+    scripts = {p.stem for p in NOTEBOOKS.glob("*.py")}
+    assert scripts == {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
