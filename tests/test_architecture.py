@@ -22,7 +22,7 @@ NOTEBOOKS = ROOT / "notebooks"
 #: bottom to top: settings -> data/models -> attacks/defenses -> the attack on privacy ->
 #: metrics/results -> fl -> studies -> plots -> the interfaces (command line, notebooks runner, Flower)
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("settings", ("_version", "config", "presets", "registry", "params", "seeding")),
+    ("settings", ("_version", "config", "optional", "presets", "registry", "params", "seeding")),
     ("data and models", ("data", "models")),
     ("attacks and defenses", ("attacks", "defenses")),
     ("privacy attack", ("privacy",)),
@@ -134,3 +134,13 @@ def test_notebook_and_its_script_are_in_sync(name):
 def test_every_script_has_its_notebook():
     scripts = {p.stem for p in NOTEBOOKS.glob("*.py")}
     assert scripts == {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
+
+
+def test_import_optional_names_the_install_command_when_a_module_is_missing() -> None:
+    from flhelpers.config import ConfigError
+    from flhelpers.optional import import_optional
+
+    assert import_optional(("json", "ast"), "never raised").__name__ == "json"
+    with pytest.raises(ConfigError, match="pip install x") as info:
+        import_optional(("json", "flhelpers_no_such_module"), "needs x: pip install x", ConfigError)
+    assert isinstance(info.value.__cause__, ImportError)

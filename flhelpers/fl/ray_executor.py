@@ -53,6 +53,7 @@ from flhelpers.fl.checkpoint import CHECKPOINT
 from flhelpers.config import RESULTS_VERSION, ConfigError, ExperimentConfig, validate_config
 from flhelpers.fl.executors import (FINISHED_FILES, UNFINISHED_FILES, RunFailed, read_run_files,
                                  write_finished_run, write_unfinished_run)
+from flhelpers.optional import import_optional
 from flhelpers.results import METRICS_DIGEST, read_finished_run, run_dir
 
 #: what to run when Ray is missing
@@ -61,12 +62,8 @@ RAY_INSTALL = 'pip install -e ".[ray]"'
 
 def require_ray() -> Any:
     """The ``ray`` module, or a :class:`ConfigError` that says how to install it."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise ConfigError(f"The Ray executor needs Ray, which is not installed in this environment. "
-                          f"Install the extra: {RAY_INSTALL} (or pip install 'ray>=2.40,<3').") from exc
-    return ray
+    return import_optional(("ray",), "The Ray executor needs Ray, which is not installed in this environment. "
+                           f"Install the extra: {RAY_INSTALL} (or pip install 'ray>=2.40,<3').", ConfigError)
 
 
 @dataclass(frozen=True)

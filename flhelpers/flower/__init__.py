@@ -18,18 +18,18 @@ Flower is an optional extra: ``pip install -e ".[flower]"``.
 
 from __future__ import annotations
 
+from flhelpers.optional import import_optional
+
 #: what to run when Flower is missing
 FLOWER_INSTALL = 'pip install -e ".[flower]"'
 
 
 def require_flower() -> None:
     """Raise an ImportError that names the install command when Flower is missing."""
-    try:
-        import flwr  # noqa: F401
-        from flwr.serverapp.strategy import FedAvg  # noqa: F401  (the Message API, Flower >= 1.42)
-    except ImportError as exc:
-        raise ImportError(f"flhelpers.flower needs Flower >= 1.42 with its Message API (flwr.serverapp), "
-                          f"which is not installed here. Install the extra: {FLOWER_INSTALL}") from exc
+    # flwr.serverapp.strategy: the Message API, Flower >= 1.42
+    import_optional(("flwr", "flwr.serverapp.strategy"),
+                    "flhelpers.flower needs Flower >= 1.42 with its Message API (flwr.serverapp), which is not "
+                    f"installed here. Install the extra: {FLOWER_INSTALL}")
 
 
 require_flower()
