@@ -203,9 +203,17 @@ def paper_comparison(summaries: pd.DataFrame, paper_key: str, ratio: float | Non
     return pd.DataFrame(out).set_index("defense")
 
 
-def _value(summaries: pd.DataFrame, benchmark: str, defense: str, ratio: float, metric: str) -> float:
-    sel = summaries[(summaries["benchmark"] == benchmark) & (summaries["defense"] == defense)
-                    & np.isclose(summaries["attacker_ratio"], ratio)]
+def select_cell(summaries: pd.DataFrame, benchmark: str, defense: str, ratio: float) -> pd.DataFrame:
+    """The runs of one grid cell (benchmark, defense, attacker ratio); empty when there are none."""
+    if not len(summaries):
+        return summaries
+    return summaries[(summaries["benchmark"] == benchmark) & (summaries["defense"] == defense)
+                     & np.isclose(summaries["attacker_ratio"].astype(float), ratio)]
+
+
+def cell_mean(summaries: pd.DataFrame, benchmark: str, defense: str, ratio: float, metric: str) -> float:
+    """The mean of ``metric`` over the runs of one grid cell (e.g. over seeds); NaN without runs."""
+    sel = select_cell(summaries, benchmark, defense, ratio)
     return float(pd.to_numeric(sel[metric], errors="coerce").mean()) if len(sel) else float("nan")
 
 
@@ -229,19 +237,19 @@ def check_findings(summaries: pd.DataFrame, margin: float = 0.10) -> pd.DataFram
     for b in sorted(summaries["benchmark"].unique()):
         part = summaries[summaries["benchmark"] == b]
         hi = float(part["attacker_ratio"].max())
-        clean = _value(summaries, b, "fedavg", 0.0, "source_accuracy")
-        fed = _value(summaries, b, "fedavg", hi, "source_accuracy")
-        lf = _value(summaries, b, "lfighter", hi, "source_accuracy")
+        clean = cell_mean(summaries, b, "fedavg", 0.0, "source_accuracy")
+        fed = cell_mean(summaries, b, "fedavg", hi, "source_accuracy")
+        lf = cell_mean(summaries, b, "lfighter", hi, "source_accuracy")
         checks = [("the attack hurts FedAvg's source class", f"FedAvg Src-Acc {_pct(clean)} at 0 % -> "
                    f"{_pct(fed)} at {hi:.0%}", hi > 0 and clean - fed >= margin, (clean, fed)),
                   ("LFighter holds the source class", f"LFighter Src-Acc {_pct(lf)} at {hi:.0%} vs FedAvg "
                    f"{_pct(clean)} without attack", hi > 0 and lf >= clean - margin and lf >= fed, (clean, lf, fed))]
         if b == "mnist-extreme":
-            acc = _value(summaries, b, "median", hi, "accuracy")
+            acc = cell_mean(summaries, b, "median", hi, "accuracy")
             checks.append(("the median collapses on MNIST-Extreme", f"median All-Acc {_pct(acc)} at {hi:.0%}",
                            acc < 0.30, (acc,)))
         if b == "mnist-iid":
-            fg = _value(summaries, b, "foolsgold", hi, "source_accuracy")
+            fg = cell_mean(summaries, b, "foolsgold", hi, "source_accuracy")
             checks.append(("FoolsGold fails on MNIST-iid", f"FoolsGold Src-Acc {_pct(fg)} at {hi:.0%} vs FedAvg "
                            f"{_pct(clean)} without attack", clean - fg >= 2 * margin, (clean, fg)))
         for finding, ours, ok, needed in checks:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flhelpers.studies.paper import PAPER_TABLE3, TABLE3_BENCHMARKS, TABLE3_DEFENSES
+from flhelpers.studies.paper import PAPER_TABLE3, TABLE3_BENCHMARKS, TABLE3_DEFENSES, cell_mean, select_cell
 from flhelpers.studies.tables import to_markdown
 from flhelpers.results import atomic_write_text, load_results
 
@@ -119,11 +119,6 @@ def default_results_dir(profile: str) -> Path:
     return reference_dir(profile) if profile in REFERENCE_PROFILES else Path("results")
 
 
-def _cell(summaries: pd.DataFrame, benchmark: str, defense: str, ratio: float) -> pd.DataFrame:
-    return summaries[(summaries["benchmark"] == benchmark) & (summaries["defense"] == defense)
-                     & np.isclose(summaries["attacker_ratio"].astype(float), ratio)]
-
-
 def table3(summaries: pd.DataFrame, ratio: float = 0.4) -> pd.DataFrame:
     """One row per Table 3 benchmark and column: ours (mean over seeds of the last-10-round means,
     in %) beside the paper's, and ``ours - paper`` in points. Missing runs give NaN and
@@ -133,13 +128,13 @@ def table3(summaries: pd.DataFrame, ratio: float = 0.4) -> pd.DataFrame:
         paper = PAPER_TABLE3[key]
         for name in ("fedavg-no-attack",) + TABLE3_DEFENSES:
             defense, r = ("fedavg", 0.0) if name == "fedavg-no-attack" else (name, ratio)
-            sel = _cell(summaries, bench, defense, r) if len(summaries) else summaries
-            mean = (lambda col: 100 * float(pd.to_numeric(sel[col]).mean()) if len(sel) else np.nan)
-            src, asr, acc = mean("source_accuracy"), mean("attack_success_rate"), mean("accuracy")
+            runs = len(select_cell(summaries, bench, defense, r))
+            src, asr, acc = (_value(summaries, bench, defense, r, m)
+                             for m in ("source_accuracy", "attack_success_rate", "accuracy"))
             p_src, p_asr = paper[name]
             p_acc = PAPER_ALL_ACC_40[key].get(name, np.nan)
             rows.append({"benchmark": bench, "paper_row": key, "defense": name, "attacker_ratio": r,
-                         "runs": len(sel), "src_acc": src, "src_acc_paper": p_src, "src_acc_diff": src - p_src,
+                         "runs": runs, "src_acc": src, "src_acc_paper": p_src, "src_acc_diff": src - p_src,
                          "asr": asr, "asr_paper": p_asr, "asr_diff": asr - p_asr,
                          "all_acc": acc, "all_acc_paper": p_acc, "all_acc_diff": acc - p_acc,
                          "reason": TABLE3_REASONS.get((bench, name), "")})
@@ -147,8 +142,7 @@ def table3(summaries: pd.DataFrame, ratio: float = 0.4) -> pd.DataFrame:
 
 
 def _value(summaries: pd.DataFrame, benchmark: str, defense: str, ratio: float, metric: str) -> float:
-    sel = _cell(summaries, benchmark, defense, ratio) if len(summaries) else summaries
-    return 100 * float(pd.to_numeric(sel[metric]).mean()) if len(sel) else float("nan")
+    return 100 * cell_mean(summaries, benchmark, defense, ratio, metric)
 
 
 def shape_checks(summaries: pd.DataFrame, ratio: float = 0.4) -> pd.DataFrame:
@@ -209,7 +203,7 @@ def other_runs(summaries: pd.DataFrame) -> pd.DataFrame:
     for b in OTHER_BENCHMARKS:
         part = summaries[summaries["benchmark"] == b] if len(summaries) else summaries
         for (d, r), sel in part.groupby(["defense", "attacker_ratio"], sort=False) if len(part) else []:
-            rows.append({"benchmark": b, "defense": d, "attackers": f"{float(r):.0%}", "runs": len(sel),
+            rows.append({"benchmark": b, "defense": d, "attackers": f"{float(r):.0%}", "runs": runs,
                          "Src-Acc": 100 * pd.to_numeric(sel["source_accuracy"]).mean(),
                          "ASR": 100 * pd.to_numeric(sel["attack_success_rate"]).mean(),
                          "All-Acc": 100 * pd.to_numeric(sel["accuracy"]).mean(),
