@@ -29,6 +29,11 @@ PROFILES = ("paper", "medium", "quick")
 RESULTS_VERSION = 3  # 3: FoolsGold pardoning with a zero diagonal (Fung et al.)
 
 
+#: Fields added after results version 3, each with the value that reproduces the behaviour
+#: before it existed; at that value a field is left out of the run id (ExperimentConfig.run_id).
+LEGACY_VALUES: dict[str, Any] = {"drop_last": False}
+
+
 class ConfigError(ValueError):
     """A setting that cannot work; the message names the setting and the fix."""
 
@@ -40,6 +45,13 @@ class ExperimentConfig:
     Attributes follow the paper's names: ``num_peers`` (K), ``fraction`` (C), ``rounds`` (T),
     ``local_epochs`` (E), ``batch_size`` (BS), ``lr`` (eta), ``attacker_ratio``,
     ``source_class`` and ``target_class``.
+
+    ``drop_last``: each local epoch trains on ``floor(n_k / B)`` full batches and drops the last
+    incomplete one, as the authors' peers do (``DataLoader(..., shuffle=True, drop_last=True)``
+    in ``src/environment_federated.py``, ``participant_update``); the paper is silent. False
+    (the default, this library's behaviour before the field existed) trains on the short last
+    batch too, ``ceil(n_k / B)`` steps an epoch. The presets set it per benchmark and profile
+    (:mod:`flhelpers.presets`).
     """
 
     benchmark: str = "custom"
@@ -52,6 +64,7 @@ class ExperimentConfig:
     rounds: int = 200
     local_epochs: int = 3
     batch_size: int = 64
+    drop_last: bool = False
     optimizer: str = "sgd"
     lr: float = 0.001
     momentum: float = 0.9
@@ -92,9 +105,13 @@ class ExperimentConfig:
         """A stable hash of the resolved configuration and the results version (16 hex digits).
 
         ``RESULTS_VERSION`` is bumped whenever a change to flhelpers changes the numbers a
-        configuration produces, so finished runs of an older version are not reused.
+        configuration produces, so finished runs of an older version are not reused. A field
+        added later (:data:`LEGACY_VALUES`) enters the hash only when it differs from the
+        behaviour flhelpers had before it existed, so runs computed before keep their ids.
         """
-        text = json.dumps({**self.to_dict(), "results_version": RESULTS_VERSION},
+        values = {k: v for k, v in self.to_dict().items()
+                  if not (k in LEGACY_VALUES and v == LEGACY_VALUES[k])}
+        text = json.dumps({**values, "results_version": RESULTS_VERSION},
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -243,6 +260,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
         value = getattr(cfg, name)
         if not _is_int(value) or value <= 0:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    if not isinstance(cfg.drop_last, bool):
+        raise ConfigError(f"drop_last must be True or False, got {cfg.drop_last!r}.")
     if not _is_real(cfg.lr) or cfg.lr <= 0:
         raise ConfigError(f"lr must be a positive finite number, got {cfg.lr!r}.")
     if not _is_real(cfg.momentum) or not 0.0 <= cfg.momentum < 1.0:

@@ -9,7 +9,8 @@ reference run's first rounds exactly). The FedAvg run at the capture ratio is co
 Finished runs are skipped and unfinished ones resume, so the script can be stopped and started
 again. ``--only`` keeps the configurations whose defense is listed. A run being computed holds
 ``runs/<run-id>.lock``, so two processes can work through the same plan (one with
-``--reverse``); remove stale locks after a crash.
+``--reverse``); remove stale locks after a crash. LFighter runs write their per-round record
+(:class:`flhelpers.studies.lfighter_record.LFighterRecorder`) to ``records/<run-id>.csv``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from flhelpers.studies.gradients import capture_gradients
+from flhelpers.studies.lfighter_record import LFighterRecorder
 from flhelpers.fl.engine import run_experiment
 from flhelpers.studies.paper import capture_config, make_grid
 from flhelpers.results import is_finished, run_dir
@@ -61,7 +63,9 @@ def main() -> None:
             if rid == capture_id:
                 capture_gradients(cfg, args.data_root, out, progress=False)
             elif not done:
-                run_experiment(cfg, data_root=args.data_root, results_dir=out, progress=False)
+                record = (LFighterRecorder(out / "records" / f"{rid}.csv", cfg.source_class, cfg.target_class)
+                          if cfg.defense == "lfighter" else None)
+                run_experiment(cfg, data_root=args.data_root, results_dir=out, progress=False, on_round=record)
             lock.unlink(missing_ok=True)
             print(f"{time.strftime('%H:%M:%S')} {b} {cfg.defense} {cfg.attacker_ratio:.0%} {rid} "
                   f"{'reused' if done and rid != capture_id else f'{time.time() - t0:.0f} s'}", flush=True)

@@ -10,10 +10,11 @@ green then blue 32 x 32 planes) and ``labels`` (10,000 ints in 0..9).
 
 The pickles are read directly rather than through torchvision, because torchvision insists
 on the MD5 of the original files and on all five training batches: the offline mirror holds
-re-written pickles of ``data_batch_1`` and ``test_batch`` only. Whatever ``data_batch_N`` are
-present are used (in order), and ``meta`` records how many; fewer than five raises a
-warning, since the paper's CIFAR10 benchmarks (§6.1, ResNet18, 20 peers, attack dog -> cat)
-train on all 50,000 images.
+re-written pickles without the ``filenames`` key. Whatever ``data_batch_N`` are present are
+used (in order), and ``meta`` records how many; fewer than five raises a warning, since the
+paper's CIFAR10 benchmarks (§6.1, ResNet18, 20 peers, attack dog -> cat) train on all 50,000
+images. ``train_batches=N`` asks for exactly the first ``N`` (the presets ask for 5, so a run's
+id names its training set and a data root with fewer batches fails before training).
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
     return images, torch.from_numpy(labels)
 
 
-def load_cifar10(data_root: str | os.PathLike | None = None, download: bool = True) -> FLDataset:
+def load_cifar10(data_root: str | os.PathLike | None = None, download: bool = True,
+                 train_batches: int | None = None) -> FLDataset:
     """Load CIFAR-10 as an in-memory :class:`FLDataset`.
 
     Args:
@@ -94,6 +96,9 @@ def load_cifar10(data_root: str | os.PathLike | None = None, download: bool = Tr
         download: when the folder is absent (or holds no batch at all), download and extract
             the official archive (torchvision's downloader, MD5-checked) into the data root.
             A folder that has some batches is never touched.
+        train_batches: read exactly ``data_batch_1`` ... ``data_batch_<N>`` (``N`` in 1..5;
+            a missing one raises ``DataMissingError``); ``None`` reads every batch present.
+            The presets name ``5`` so that a run's id says it trained on all 50,000 images.
 
     Returns:
         uint8 images ``(N, 3, 32, 32)`` and int64 labels; ``N`` = 10,000 per training batch
@@ -118,7 +123,18 @@ def load_cifar10(data_root: str | os.PathLike | None = None, download: bool = Tr
                           hint=_HINT)
         _download(root, folder)
 
+    wanted = train_batches
+    if wanted is not None and (isinstance(wanted, bool) or not isinstance(wanted, int)
+                               or not 1 <= wanted <= len(CIFAR10_TRAIN_BATCHES)):
+        raise ValueError(f"train_batches must be None or an integer in 1..5, got {wanted!r}.")
     train_batches = _present_batches(folder)
+    if wanted is not None:
+        missing = [n for n in CIFAR10_TRAIN_BATCHES[:wanted] if n not in train_batches]
+        if missing:
+            raise_missing("CIFAR-10", folder, CIFAR10_FILES,
+                          reason=f"train_batches={wanted} asks for {', '.join(missing)}, not found",
+                          hint=_HINT)
+        train_batches = list(CIFAR10_TRAIN_BATCHES[:wanted])
     if not train_batches:
         raise_missing("CIFAR-10", folder, CIFAR10_FILES,
                       reason="no training batch data_batch_1..data_batch_5 found", hint=_HINT)
@@ -131,7 +147,7 @@ def load_cifar10(data_root: str | os.PathLike | None = None, download: bool = Tr
     train_y = torch.cat([y for _, y in parts])
     test_x, test_y = read_cifar_batch(folder / CIFAR10_TEST_BATCH)
 
-    if len(train_batches) < len(CIFAR10_TRAIN_BATCHES):
+    if len(train_batches) < len(CIFAR10_TRAIN_BATCHES) and wanted is None:
         warnings.warn(
             f"CIFAR-10: only {len(train_batches)} of 5 training batches found in {folder} "
             f"({', '.join(train_batches)}; {len(train_y)} training images instead of 50,000). "

@@ -176,6 +176,7 @@ def build_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     num_outputs = 1 if cfg.loss == "bce_with_logits" else dataset.num_classes
     model = build_model(cfg.model, num_outputs, **dataset.meta).to(device)
+    check_batchnorm_batches(cfg, model, partition.sizes())
     layout = layout_of(model)
     if device.type != "cpu":
         dataset = FLDataset(dataset.name, dataset.train_x.to(device), dataset.train_y.to(device),
@@ -193,6 +194,31 @@ def build_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
                      device, expected_attackers=expected)
     exp.trainer = make_trainer(exp)
     return exp
+
+
+def check_batchnorm_batches(cfg: ExperimentConfig, model: torch.nn.Module, sizes: np.ndarray) -> None:
+    """Refuse, before training, a run in which a model with BatchNorm would train on a batch of one.
+
+    BatchNorm in training mode needs more than one value per channel: ResNet18 on 32 x 32 images
+    has a 1 x 1 map in ``layer4``, so one sample is one value and the step raises deep inside a
+    round. A batch of one happens when ``batch_size`` is 1, or when ``drop_last`` is False and a
+    peer holds ``n_k = q B + 1`` samples (its last batch of every epoch).
+    """
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    if cfg.batch_size == 1:
+        raise ConfigError(f"batch_size=1 cannot train model {cfg.model!r}: its BatchNorm layers need "
+                          f"at least 2 samples a batch; use batch_size >= 2.")
+    if cfg.drop_last:
+        return
+    ones = [int(k) for k in np.flatnonzero(np.asarray(sizes) % cfg.batch_size == 1)]
+    if ones:
+        shown = ", ".join(f"peer {k} ({int(sizes[k])} samples)" for k in ones[:5])
+        more = f" and {len(ones) - 5} more" if len(ones) > 5 else ""
+        raise ConfigError(
+            f"{shown}{more} would end every local epoch on a batch of 1 sample (batch_size="
+            f"{cfg.batch_size}, drop_last=False), which model {cfg.model!r}'s BatchNorm cannot train "
+            f"on; set drop_last=True (as the authors' code does) or another batch_size.")
 
 
 def select_peers(cfg: ExperimentConfig, round_: int) -> np.ndarray:

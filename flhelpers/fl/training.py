@@ -40,6 +40,14 @@ def make_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def batches_per_epoch(cfg: ExperimentConfig, num_samples: int) -> int:
+    """Local steps an epoch: ``floor(n / B)`` with ``drop_last`` (the authors' DataLoader), else
+    ``ceil(n / B)`` (the last batch short)."""
+    if cfg.drop_last:
+        return num_samples // cfg.batch_size
+    return -(-num_samples // cfg.batch_size)
+
+
 def batch_order(cfg: ExperimentConfig, peer: PeerData, round_: int, epoch: int) -> torch.Tensor:
     """The peer's shuffled local positions for one epoch (seeded by run seed, round, peer, epoch)."""
     g = torch_generator(cfg.seed, "batches", round_, peer.peer_id, epoch)
@@ -49,7 +57,10 @@ def batch_order(cfg: ExperimentConfig, peer: PeerData, round_: int, epoch: int) 
 def peer_update(model: nn.Module, cfg: ExperimentConfig, dataset: FLDataset, peer: PeerData,
                 global_params: torch.Tensor, global_buffers: torch.Tensor, round_: int,
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """PEER_UPDATE(k, W^t): ``(W_k^{t+1} - W^t, W_k's float buffers)``; ``model`` is reused scratch."""
+    """PEER_UPDATE(k, W^t): ``(W_k^{t+1} - W^t, W_k's float buffers)``; ``model`` is reused scratch.
+
+    Each epoch takes :func:`batches_per_epoch` steps over :func:`batch_order` (the short last
+    batch dropped when ``cfg.drop_last``)."""
     load_flat_params(model, global_params)
     if global_buffers.numel():
         load_flat_buffers(model, global_buffers)
@@ -59,8 +70,8 @@ def peer_update(model: nn.Module, cfg: ExperimentConfig, dataset: FLDataset, pee
     x_all, idx, y_all = dataset.train_x, peer.indices, peer.labels
     for epoch in range(cfg.local_epochs):
         order = batch_order(cfg, peer, round_, epoch)
-        for start in range(0, len(order), cfg.batch_size):
-            pos = order[start : start + cfg.batch_size]
+        for step in range(batches_per_epoch(cfg, len(order))):
+            pos = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             xb = dataset.prepare(x_all[idx[pos]].to(device, non_blocking=True))
             yb = y_all[pos].to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)

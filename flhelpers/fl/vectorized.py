@@ -9,11 +9,12 @@ returning ``W_k^{t+1} - W^t``), but for a chunk of ``C`` peers at once:
 * the optimizer (``torch.optim.SGD`` with momentum and weight decay, ``torch.optim.Adam``)
   is applied row-wise to ``(C, D)`` state tensors, PyTorch's update rule verbatim;
 * step ``s`` of peer ``k`` uses the batch the sequential loop uses: epoch
-  ``e = s // ceil(n_k / B)`` of :func:`flhelpers.fl.training.batch_order`, positions
-  ``[j B, min((j+1) B, n_k))``; a short last batch is padded and its loss is
+  ``e = s // S_k`` of :func:`flhelpers.fl.training.batch_order`, positions
+  ``[j B, min((j+1) B, n_k))``, with ``S_k = ceil(n_k / B)`` steps an epoch, or
+  ``floor(n_k / B)`` with ``drop_last`` (no short batch then); a short last batch is padded and its loss is
   ``sum_i w_i l_i`` with ``w_i = 1 / b`` on the ``b`` real samples and 0 on the padding (the
   mean over the real samples, exactly the sequential loss); a peer that has taken its
-  ``E * ceil(n_k / B)`` steps takes no further step;
+  ``E * S_k`` steps takes no further step;
 * models with BatchNorm see no padding (padding would enter the batch statistics): at each
   step the peers are grouped by their real batch size, and each peer keeps its own running
   statistics (float buffers ``(C, B_f)``);
@@ -59,7 +60,7 @@ from torch.overrides import TorchFunctionMode
 from flhelpers.config import ExperimentConfig
 from flhelpers.data.base import FLDataset
 from flhelpers.seeding import torch_generator
-from flhelpers.fl.training import PeerData, batch_order
+from flhelpers.fl.training import PeerData, batch_order, batches_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -351,28 +352,31 @@ class Schedule:
 
 
 def steps_of(cfg: ExperimentConfig, num_samples: int) -> int:
-    """Local steps of a peer with ``num_samples`` samples: ``E * ceil(n / B)``."""
-    return cfg.local_epochs * math.ceil(num_samples / cfg.batch_size)
+    """Local steps of a peer with ``num_samples`` samples: ``E * S`` with ``S`` from
+    :func:`flhelpers.fl.training.batches_per_epoch`."""
+    return cfg.local_epochs * batches_per_epoch(cfg, num_samples)
 
 
 def build_schedule(cfg: ExperimentConfig, peers: Sequence[PeerData], round_: int,
                    device: torch.device | str = "cpu") -> Schedule:
     """The lockstep :class:`Schedule` of ``peers`` in round ``round_``; epoch ``e`` of peer
-    ``k`` is :func:`flhelpers.fl.training.batch_order` cut into batches of ``B`` (last one short)."""
+    ``k`` is :func:`flhelpers.fl.training.batch_order` cut into batches of ``B`` (last one short,
+    or dropped with ``drop_last``)."""
     bsz, epochs = cfg.batch_size, cfg.local_epochs
-    per_epoch = [math.ceil(p.num_samples / bsz) for p in peers]
+    per_epoch = [batches_per_epoch(cfg, p.num_samples) for p in peers]
     total = max([e * epochs for e in per_epoch] + [0])
     positions = torch.full((len(peers), total, bsz), -1, dtype=torch.long)
     sizes = np.zeros((len(peers), total), dtype=np.int64)
     for k, peer in enumerate(peers):
         n, s = peer.num_samples, per_epoch[k]
+        used = min(n, s * bsz)  # drop_last: the tail past the last full batch is not trained on
         for e in range(epochs):
             padded = torch.full((s * bsz,), -1, dtype=torch.long)
-            padded[:n] = batch_order(cfg, peer, round_, e)
+            padded[:used] = batch_order(cfg, peer, round_, e)[:used]
             positions[k, e * s:(e + 1) * s] = padded.view(s, bsz)
             sizes[k, e * s:(e + 1) * s] = bsz
             if s:
-                sizes[k, (e + 1) * s - 1] = n - (s - 1) * bsz
+                sizes[k, (e + 1) * s - 1] = used - (s - 1) * bsz
     return Schedule(positions.to(device), sizes)
 
 

@@ -1,0 +1,96 @@
+"""LFighter's per-round record: what Procedure 1 looked at, whom it rejected, and their true roles.
+
+A :class:`LFighterRecorder` is an ``on_round`` callback of :func:`flhelpers.fl.engine.run_experiment`.
+At every round it takes the peers' output-layer gradient rows ``g_{k,i}`` (``(W^t - W_k^{t+1}) / eta``,
+one row of weights and bias per output neuron ``i``) and writes one CSV row with
+
+* ``neurons``: the two neurons the aggregator clustered on (``info["source_target"]``), and
+  ``top_neurons``: all neurons ordered by summed magnitude ``M_i = sum_k ||g_{k,i}||``, largest first;
+* ``source_rank`` / ``target_rank``: where the true source and target neurons stand in that order
+  (1 = largest), so a reader sees whether they are the two largest;
+* ``cluster_sizes`` and ``reason`` of the aggregator (k-means, Procedure 1);
+* ``rejected``: the rejected peers as ``id:role`` (``A`` attacker, ``H`` honest); ``tpr`` / ``fpr``;
+* ``oracle_tpr`` / ``oracle_fpr``: Procedure 1 replayed on the true source and target neurons
+  (an oracle no defense has): whether the flippers are separable once the right rows are looked at.
+
+Rows are appended as rounds finish, so a run that is stopped and resumed keeps its record
+(:func:`read_record` keeps the last row of a round written twice).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from flhelpers.defenses.lfighter import filter_mild, neuron_magnitudes
+
+__all__ = ["LFighterRecorder", "read_record", "record_row"]
+
+COLUMNS = ("round", "neurons", "top_neurons", "source_rank", "target_rank", "cluster_sizes", "reason",
+           "rejected", "tpr", "fpr", "oracle_tpr", "oracle_fpr")
+
+
+def _rates(bad: np.ndarray, attackers: np.ndarray) -> tuple[float, float]:
+    """``TPR = |bad & A| / |A|`` (NaN without attackers) and ``FPR = |bad & H| / |H|``."""
+    tpr = float(bad[attackers].mean()) if attackers.any() else float("nan")
+    fpr = float(bad[~attackers].mean()) if (~attackers).any() else float("nan")
+    return tpr, fpr
+
+
+def record_row(rows: torch.Tensor, accepted: np.ndarray, attackers: np.ndarray, peer_ids: np.ndarray,
+               info: dict[str, Any], source: int, target: int, seed: int) -> dict[str, Any]:
+    """One round's record from its gradient rows ``(K, C, in+1)`` and the aggregator's outcome."""
+    mags = neuron_magnitudes(rows.to(torch.float64)).sum(dim=0).cpu().numpy()
+    order = [int(i) for i in np.argsort(-mags, kind="stable")]
+    bad = ~np.asarray(accepted, dtype=bool)
+    attackers = np.asarray(attackers, dtype=bool)
+    tpr, fpr = _rates(bad, attackers)
+    row: dict[str, Any] = {
+        "neurons": " ".join(map(str, info.get("source_target", []))),
+        "top_neurons": " ".join(map(str, order)),
+        "source_rank": order.index(source) + 1 if source < len(order) else None,
+        "target_rank": order.index(target) + 1 if target < len(order) else None,
+        "cluster_sizes": " ".join(map(str, info.get("cluster_sizes", []))),
+        "reason": info.get("reason", ""),
+        "rejected": " ".join(f"{int(k)}:{'A' if a else 'H'}" for k, a, b in zip(peer_ids, attackers, bad) if b),
+        "tpr": tpr, "fpr": fpr, "oracle_tpr": None, "oracle_fpr": None,
+    }
+    if rows.shape[1] > max(source, target):
+        feats = rows[:, [source, target], :].to(torch.float64).reshape(rows.shape[0], -1).cpu().numpy()
+        oracle_bad, _ = filter_mild(feats, seed=seed)
+        row["oracle_tpr"], row["oracle_fpr"] = _rates(oracle_bad, attackers)
+    return row
+
+
+class LFighterRecorder:
+    """``on_round`` callback appending :func:`record_row` of each round to ``path`` (CSV)."""
+
+    def __init__(self, path: str | Path, source_class: int, target_class: int) -> None:
+        self.path = Path(path)
+        self.source, self.target = int(source_class), int(target_class)
+
+    def __call__(self, rec: Any) -> None:
+        ctx = rec.context
+        rows = ctx.gradients(ctx.layout.output_rows(rec.updates.detach()))
+        row = {"round": rec.round, **record_row(rows, rec.result.accepted.cpu().numpy(), rec.is_attacker,
+                                                rec.peer_ids, rec.result.info, self.source, self.target,
+                                                ctx.seed)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.is_file()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def read_record(path: str | Path) -> pd.DataFrame:
+    """The record at ``path``, one row per round (the last one written wins), sorted by round."""
+    frame = pd.read_csv(path, keep_default_na=True, dtype={"neurons": str, "top_neurons": str,
+                                                           "cluster_sizes": str, "rejected": str})
+    return frame.drop_duplicates("round", keep="last").sort_values("round").reset_index(drop=True)
