@@ -105,20 +105,31 @@ def test_mnist_read_only_root_does_not_download(read_only_dir) -> None:
 # --------------------------------------------------------------------------- CIFAR-10
 
 
-def test_cifar10_real_one_batch(data_root: Path) -> None:
+def test_cifar10_real_all_batches(data_root: Path) -> None:
+    """The data root holds all of CIFAR-10: 50,000 training images, 5,000 a class, official order."""
     _require(data_root / "cifar-10-batches-py")
-    with pytest.warns(UserWarning, match="1 of 5 training batches"):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "only k of 5 batches" warning with the full set
         ds = load_cifar10(data_root, download=False)
-    assert ds.train_x.shape == (10000, 3, 32, 32) and ds.train_x.dtype == torch.uint8
+    assert ds.train_x.shape == (50000, 3, 32, 32) and ds.train_x.dtype == torch.uint8
     assert ds.test_x.shape == (10000, 3, 32, 32) and ds.test_x.dtype == torch.uint8
     assert ds.train_y.dtype == torch.int64
     assert torch.bincount(ds.test_y, minlength=10).tolist() == [1000] * 10
-    assert torch.bincount(ds.train_y, minlength=10).min() > 900
+    assert torch.bincount(ds.train_y, minlength=10).tolist() == [5000] * 10
     assert ds.class_names[5] == "dog" and ds.class_names[3] == "cat"
-    assert ds.meta["num_train_batches"] == 1 and ds.meta["num_train_images"] == 10000
-    assert ds.meta["train_batches"] == ["data_batch_1"] and ds.meta["complete"] is False
+    assert ds.meta["num_train_batches"] == 5 and ds.meta["num_train_images"] == 50000
+    assert ds.meta["train_batches"] == [f"data_batch_{i}" for i in range(1, 6)] and ds.meta["complete"] is True
+    # per-channel means of the training pixels, as the data root's README gives them
+    means = ds.train_x.double().mean(dim=(0, 2, 3))
+    assert torch.allclose(means, torch.tensor([125.3, 123.0, 113.9], dtype=torch.float64), atol=0.06)
     x = ds.prepare(ds.test_x[:2000])
     assert x.mean(dim=(0, 2, 3)).abs().max() < 0.05
+    # train_batches=1 reads the first batch alone: the first 10,000 images, in order
+    first = load_cifar10(data_root, download=False, train_batches=1)
+    assert first.meta["num_train_images"] == 10000 and first.meta["train_batches"] == ["data_batch_1"]
+    assert torch.equal(first.train_x, ds.train_x[:10000]) and torch.equal(first.train_y, ds.train_y[:10000])
 
 
 def _write_batch(path: Path, images: np.ndarray, labels: list[int], **extra) -> None:
@@ -486,3 +497,21 @@ def test_download_helpers(tmp_path: Path, read_only_dir) -> None:
     assert not dir_is_writable(root) and not dir_is_writable(root / "cache")
     assert not dir_is_writable(f)
 
+
+
+def test_cifar10_train_batches_asks_for_exactly_the_first_n(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8) for n in (2, 3, 2)]
+    _write_batch(folder / "data_batch_1", imgs[0], [0, 1])
+    _write_batch(folder / "data_batch_2", imgs[1], [2, 3, 4])
+    _write_batch(folder / "test_batch", imgs[2], [3, 5])
+    ds = load_cifar10(tmp_path, download=False, train_batches=1)  # asked for: no warning
+    assert ds.train_y.tolist() == [0, 1] and ds.meta["train_batches"] == ["data_batch_1"]
+    assert load_cifar10(tmp_path, download=False, train_batches=2).train_y.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(DataMissingError, match=r"train_batches=3 asks for data_batch_3"):
+        load_cifar10(tmp_path, download=False, train_batches=3)
+    for bad in (0, 6, 2.0, True):
+        with pytest.raises(ValueError, match="train_batches must be None or an integer in 1..5"):
+            load_cifar10(tmp_path, download=False, train_batches=bad)

@@ -180,6 +180,23 @@ def test_schedule_gives_each_peer_its_sequential_batches():
         assert (sched.positions[k, 2 * s:] == -1).all()
 
 
+def test_schedule_with_drop_last_has_no_short_batch():
+    """drop_last: floor(n / B) full batches an epoch, the first floor(n / B) * B positions of the
+    epoch's order (the authors' DataLoader(shuffle=True, drop_last=True))."""
+    cfg = benchmark_config("mnist-iid", "quick", batch_size=4, local_epochs=2, drop_last=True)
+    peers = [PeerData(k, torch.arange(n), torch.zeros(n, dtype=torch.long)) for k, n in enumerate((5, 12, 9))]
+    sched = vz.build_schedule(cfg, peers, round_=3)
+    assert sched.num_steps == 2 * 3
+    assert sched.sizes.tolist() == [[4, 4, 0, 0, 0, 0], [4, 4, 4, 4, 4, 4], [4, 4, 4, 4, 0, 0]]
+    for k, peer in enumerate(peers):
+        s = peer.num_samples // 4
+        for e in range(2):
+            pos = sched.positions[k, e * s:(e + 1) * s].reshape(-1)
+            assert torch.equal(pos, batch_order(cfg, peer, 3, e)[:4 * s])
+        assert (sched.positions[k, 2 * s:] == -1).all()
+    assert [vz.steps_of(cfg, n) for n in (5, 12, 9)] == [2, 6, 4]
+
+
 # -- equivalence with the sequential backend ---------------------------------------------------
 
 def test_mnist_cnn_matches_sequential_with_dropout_unequal_peers_and_attackers(mnist_exp64):
@@ -226,10 +243,13 @@ def test_each_peer_draws_its_own_dropout_masks(mnist_exp):
 
 
 @pytest.mark.filterwarnings("ignore:CIFAR-10")
-def test_small_resnet_matches_sequential_in_float64(data_root):
-    """BatchNorm: per-peer running statistics, peers of unequal sizes, short last batches."""
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_small_resnet_matches_sequential_in_float64(data_root, drop_last):
+    """BatchNorm: per-peer running statistics, peers of unequal sizes, short last batches (or,
+    with drop_last, none)."""
     cfg = benchmark_config("cifar10-iid", "quick", model="test-tiny-resnet", num_peers=3, train_subset=None,
-                           test_subset=None, batch_size=8, local_epochs=2, attacker_ratio=0.3, lr=0.01)
+                           test_subset=None, batch_size=8, local_epochs=2, attacker_ratio=0.3, lr=0.01,
+                           drop_last=drop_last)
     exp = build_experiment(cfg, dataset=_float64(load_dataset("cifar10", data_root).subset(60, 10, seed=1)))
     exp.model.double()
     flip = exp.attack.poison_labels

@@ -269,6 +269,9 @@ def _config_record(exp: Experiment) -> dict[str, Any]:
         "run_id": exp.config.run_id(),
         "attackers": exp.attackers.tolist(),
         "expected_attackers": exp.expected_attackers,
+        # which training set the run used (the data root may hold more or less than the config asks)
+        "train_samples": int(len(exp.dataset.train_y)),
+        "test_samples": int(len(exp.dataset.test_y)),
         "partition_sizes": exp.partition.sizes().tolist(),
         "partition_histogram": exp.partition.histogram.tolist(),
         "num_parameters": exp.layout.dim,
