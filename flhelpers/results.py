@@ -200,6 +200,15 @@ def _flat_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def train_samples(record: dict[str, Any]) -> int | None:
+    """The number of training samples a run used, from its ``config.json`` record: recorded as
+    ``train_samples`` since the field existed, else the sum of its peers' partition sizes."""
+    if "train_samples" in record:
+        return int(record["train_samples"])
+    sizes = record.get("partition_sizes")
+    return int(sum(sizes)) if sizes else None
+
+
 def load_results(results_dir: str | os.PathLike = "results", per_round: bool = False,
                  include_unfinished: bool = False, timings: bool = False) -> pd.DataFrame:
     """Every finished run under ``results_dir/runs`` as one DataFrame.
@@ -226,7 +235,9 @@ def load_results(results_dir: str | os.PathLike = "results", per_round: bool = F
             unfinished.append(d.name)
             continue
         try:
-            flat = _flat_config(read_json(d / CONFIG)["config"])
+            record = read_json(d / CONFIG)
+            flat = _flat_config(record["config"])
+            flat["train_samples"] = train_samples(record)
             if finished:
                 summary, metrics = read_finished_run(d)
             else:

@@ -161,3 +161,19 @@ def test_update_readme_replaces_only_between_the_markers(tmp_path) -> None:
     with pytest.raises(ValueError, match="table3:begin"):
         update_readme(readme, "x")
     assert readme.read_text() == "# no markers\n"
+
+
+def test_a_table3_row_never_mixes_drop_last_or_training_sets():
+    from flhelpers.studies.reference import training_set
+
+    rows = pd.DataFrame({"benchmark": ["cifar10-mild"] * 2 + ["imdb"], "drop_last": [True, True, False],
+                         "train_samples": [50000, 50000, 40000]})
+    assert training_set(rows, "cifar10-mild") == (True, 50000)
+    assert training_set(rows, "imdb") == (False, 40000)
+    assert training_set(rows, "mnist-mild") == (None, None)
+    mixed = rows.assign(drop_last=[True, False, False])
+    with pytest.raises(ValueError, match=r"cifar10-mild: its runs mix drop_last = \[False, True\]"):
+        training_set(mixed, "cifar10-mild")
+    old_and_new = rows.assign(train_samples=[50000, 10000, 40000])
+    with pytest.raises(ValueError, match="mix train_samples"):
+        training_set(old_and_new, "cifar10-mild")

@@ -126,6 +126,7 @@ def table3(summaries: pd.DataFrame, ratio: float = 0.4) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for bench, key in TABLE3_BENCHMARKS.items():
         paper = PAPER_TABLE3[key]
+        drop_last, samples = training_set(summaries, bench)
         for name in ("fedavg-no-attack",) + TABLE3_DEFENSES:
             defense, r = ("fedavg", 0.0) if name == "fedavg-no-attack" else (name, ratio)
             runs = len(select_cell(summaries, bench, defense, r))
@@ -133,12 +134,34 @@ def table3(summaries: pd.DataFrame, ratio: float = 0.4) -> pd.DataFrame:
                              for m in ("source_accuracy", "attack_success_rate", "accuracy"))
             p_src, p_asr = paper[name]
             p_acc = PAPER_ALL_ACC_40[key].get(name, np.nan)
-            rows.append({"benchmark": bench, "paper_row": key, "defense": name, "attacker_ratio": r,
+            rows.append({"benchmark": bench, "paper_row": key, "drop_last": drop_last, "train_samples": samples,
+                         "defense": name, "attacker_ratio": r,
                          "runs": runs, "src_acc": src, "src_acc_paper": p_src, "src_acc_diff": src - p_src,
                          "asr": asr, "asr_paper": p_asr, "asr_diff": asr - p_asr,
                          "all_acc": acc, "all_acc_paper": p_acc, "all_acc_diff": acc - p_acc,
                          "reason": TABLE3_REASONS.get((bench, name), "")})
     return pd.DataFrame(rows)
+
+
+def training_set(summaries: pd.DataFrame, benchmark: str) -> tuple[bool | None, int | None]:
+    """``(drop_last, training samples)`` shared by every run of ``benchmark`` (``None`` without runs).
+
+    Raises:
+        ValueError: the runs differ in either: one Table 3 row never mixes them; keep one
+            setting per benchmark in the store.
+    """
+    part = summaries[summaries["benchmark"] == benchmark] if len(summaries) else summaries
+    if not len(part):
+        return None, None
+    found = {}
+    for col in ("drop_last", "train_samples"):
+        values = sorted({v for v in part[col].tolist() if pd.notna(v)}) if col in part else []
+        if len(values) > 1:
+            raise ValueError(f"{benchmark}: its runs mix {col} = {values}; one Table 3 row never mixes them. "
+                             f"Keep the runs of one setting in the store (move the others out).")
+        found[col] = values[0] if values else None
+    return (None if found["drop_last"] is None else bool(found["drop_last"]),
+            None if found["train_samples"] is None else int(found["train_samples"]))
 
 
 def _value(summaries: pd.DataFrame, benchmark: str, defense: str, ratio: float, metric: str) -> float:
@@ -203,7 +226,7 @@ def other_runs(summaries: pd.DataFrame) -> pd.DataFrame:
     for b in OTHER_BENCHMARKS:
         part = summaries[summaries["benchmark"] == b] if len(summaries) else summaries
         for (d, r), sel in part.groupby(["defense", "attacker_ratio"], sort=False) if len(part) else []:
-            rows.append({"benchmark": b, "defense": d, "attackers": f"{float(r):.0%}", "runs": runs,
+            rows.append({"benchmark": b, "defense": d, "attackers": f"{float(r):.0%}", "runs": len(sel),
                          "Src-Acc": 100 * pd.to_numeric(sel["source_accuracy"]).mean(),
                          "ASR": 100 * pd.to_numeric(sel["attack_success_rate"]).mean(),
                          "All-Acc": 100 * pd.to_numeric(sel["accuracy"]).mean(),
@@ -232,7 +255,10 @@ def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medi
              ""]
     for bench in t3["benchmark"].unique():
         part = t3[t3["benchmark"] == bench]
-        lines += [f"## {bench} (Table 3 row: {part['paper_row'].iloc[0]})", "",
+        first = part.iloc[0]
+        data = ("" if pd.isna(first.get("train_samples")) else
+                f"; {int(first['train_samples']):,} training images, drop_last {str(first['drop_last']).lower()}")
+        lines += [f"## {bench} (Table 3 row: {first['paper_row']}{data})", "",
                   "| defense | Src-Acc ours | paper | diff | ASR ours | paper | diff | All-Acc ours | paper | diff |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for _, r in part.iterrows():
