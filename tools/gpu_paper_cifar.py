@@ -68,7 +68,7 @@ def configs(device: str, tiny: bool) -> list[Any]:
     """FedAvg without attack, then LFighter at 40 %: the paper profile on the packed data."""
     common: dict[str, Any] = dict(backend="vectorized", device=device, dataset_kwargs={"train_batches": 1})
     if tiny:
-        common.update(num_peers=4, train_subset=128, test_subset=32, rounds=2, local_epochs=1)
+        common.update(num_peers=4, train_subset=320, test_subset=32, rounds=2, local_epochs=1, batch_size=16)
     return [benchmark_config("cifar10-mild", "paper", defense="fedavg", attacker_ratio=0.0, **common),
             benchmark_config("cifar10-mild", "paper", defense="lfighter", attacker_ratio=0.4, **common)]
 
