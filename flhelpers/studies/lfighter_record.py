@@ -29,7 +29,7 @@ import torch
 
 from flhelpers.defenses.lfighter import filter_mild, neuron_magnitudes
 
-__all__ = ["LFighterRecorder", "read_record", "record_row"]
+__all__ = ["LFighterRecorder", "read_record", "record_row", "record_summary"]
 
 COLUMNS = ("round", "neurons", "top_neurons", "source_rank", "target_rank", "cluster_sizes", "reason",
            "rejected", "tpr", "fpr", "oracle_tpr", "oracle_fpr")
@@ -94,3 +94,19 @@ def read_record(path: str | Path) -> pd.DataFrame:
     frame = pd.read_csv(path, keep_default_na=True, dtype={"neurons": str, "top_neurons": str,
                                                            "cluster_sizes": str, "rejected": str})
     return frame.drop_duplicates("round", keep="last").sort_values("round").reset_index(drop=True)
+
+
+def record_summary(frame: pd.DataFrame, source: int, target: int) -> dict[str, Any]:
+    """What a record shows over its rounds: in how many rounds the source and target neurons were
+    the two largest (``both_top2``), the mean TPR and FPR of the aggregator and of the oracle, and
+    the rounds in which Procedure 1 clustered on other neurons than the true pair."""
+    pair = {str(source), str(target)}
+    top2 = frame["top_neurons"].astype(str).str.split().str[:2].map(set)
+    picked = frame["neurons"].astype(str).str.split().map(set)
+    return {"rounds": int(len(frame)),
+            "both_top2": int((top2 == pair).sum()),
+            "picked_true_pair": int((picked == pair).sum()),
+            "other_rounds": [int(r) for r, p in zip(frame["round"], picked) if p != pair],
+            "tpr": float(frame["tpr"].mean()), "fpr": float(frame["fpr"].mean()),
+            "oracle_tpr": float(pd.to_numeric(frame["oracle_tpr"]).mean()),
+            "oracle_fpr": float(pd.to_numeric(frame["oracle_fpr"]).mean())}
