@@ -78,3 +78,20 @@ def test_record_summary_and_appending_reader(tmp_path):
         rec(_Rec(r))
     back = read_record(tmp_path / "r.csv")
     assert back["round"].tolist() == [0, 1] and back["rejected"].tolist() == ["0:A 2:H"] * 2
+
+
+def test_records_table_reads_the_lfighter_runs_that_have_a_record(tmp_path):
+    from flhelpers.config import benchmark_config
+    from flhelpers.studies.lfighter_record import record_path, records_table
+
+    lf = benchmark_config("cifar10-mild", "medium", defense="lfighter", attacker_ratio=0.4)
+    fed = benchmark_config("cifar10-mild", "medium", defense="fedavg", attacker_ratio=0.4)
+    path = record_path(tmp_path, lf.run_id())
+    path.parent.mkdir(parents=True)
+    pd.DataFrame({"round": [0, 1], "neurons": ["1 3", "5 3"], "top_neurons": ["1 3 5", "5 3 1"],
+                  "tpr": [0.0, 1.0], "fpr": [0.5, 0.0], "oracle_tpr": [1.0, 1.0],
+                  "oracle_fpr": [0.0, 0.0]}).to_csv(path, index=False)
+    table = records_table(tmp_path, [fed, lf, lf.replace(seed=1)])  # no record: left out
+    assert table["run_id"].tolist() == [lf.run_id()]
+    row = table.iloc[0]
+    assert row["both_top2"] == 1 and row["picked_true_pair"] == 1 and row["rounds_on_other_neurons"] == "0"

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from flhelpers.studies.gradients import capture_gradients
-from flhelpers.studies.lfighter_record import LFighterRecorder
+from flhelpers.studies.lfighter_record import LFighterRecorder, record_path
 from flhelpers.fl.engine import run_experiment
 from flhelpers.studies.paper import capture_config, make_grid
 from flhelpers.results import is_finished, run_dir
@@ -63,7 +63,7 @@ def main() -> None:
             if rid == capture_id:
                 capture_gradients(cfg, args.data_root, out, progress=False)
             elif not done:
-                record = (LFighterRecorder(out / "records" / f"{rid}.csv", cfg.source_class, cfg.target_class)
+                record = (LFighterRecorder(record_path(out, rid), cfg.source_class, cfg.target_class)
                           if cfg.defense == "lfighter" else None)
                 run_experiment(cfg, data_root=args.data_root, results_dir=out, progress=False, on_round=record)
             lock.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ import torch
 
 from flhelpers.defenses.lfighter import filter_mild, neuron_magnitudes
 
-__all__ = ["LFighterRecorder", "read_record", "record_row", "record_summary"]
+__all__ = ["LFighterRecorder", "read_record", "record_path", "record_row", "record_summary", "records_table"]
 
 COLUMNS = ("round", "neurons", "top_neurons", "source_rank", "target_rank", "cluster_sizes", "reason",
            "rejected", "tpr", "fpr", "oracle_tpr", "oracle_fpr")
@@ -110,3 +110,24 @@ def record_summary(frame: pd.DataFrame, source: int, target: int) -> dict[str, A
             "tpr": float(frame["tpr"].mean()), "fpr": float(frame["fpr"].mean()),
             "oracle_tpr": float(pd.to_numeric(frame["oracle_tpr"]).mean()),
             "oracle_fpr": float(pd.to_numeric(frame["oracle_fpr"]).mean())}
+
+
+def record_path(results_dir: str | Path, run_id: str) -> Path:
+    """Where a run's record lives in a results store: ``<results_dir>/records/<run-id>.csv``."""
+    return Path(results_dir) / "records" / f"{run_id}.csv"
+
+
+def records_table(results_dir: str | Path, configs: list[Any]) -> pd.DataFrame:
+    """One row per LFighter run of ``configs`` that has a record in ``results_dir``: benchmark,
+    attacker ratio and :func:`record_summary` (rounds where source and target are the two largest
+    neurons, mean TPR/FPR of the aggregator and of the oracle)."""
+    rows = []
+    for cfg in configs:
+        path = record_path(results_dir, cfg.run_id())
+        if cfg.defense != "lfighter" or not path.is_file():
+            continue
+        s = record_summary(read_record(path), cfg.source_class, cfg.target_class)
+        rows.append({"benchmark": cfg.benchmark, "attacker_ratio": cfg.attacker_ratio, "run_id": cfg.run_id(),
+                     **{k: v for k, v in s.items() if k != "other_rounds"},
+                     "rounds_on_other_neurons": " ".join(map(str, s["other_rounds"]))})
+    return pd.DataFrame(rows)
