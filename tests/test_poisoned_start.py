@@ -118,3 +118,19 @@ def test_k0_keeps_run_ids_and_numbers(data_root, tmp_path) -> None:
     np.testing.assert_allclose(res.metrics["test_loss"], [2.2778615951538086, 2.3046154975891113, 2.242000102996826],
                                rtol=0, atol=1e-6)
     np.testing.assert_allclose(res.metrics["accuracy"], [0.15, 0.19, 0.315], rtol=0, atol=1e-6)
+
+
+def test_a_screening_defense_does_not_keep_attackers_out_of_the_poisoned_rounds(data_root, tmp_path) -> None:
+    """The seed's user elimination drops its high-loss cluster every round; in the poisoned round
+    every candidate still trains (its choice is not applied), in the next it is applied again."""
+    cfg = _tiny(defense="user-elimination", defense_kwargs={"epsilon": 1000.0, "separation_test": False},
+                rounds=2, poisoned_rounds=1)
+    seen: list[tuple[list[int], list[int]]] = []
+
+    def record(rec: RoundRecord) -> None:
+        seen.append((rec.peer_ids.tolist(), rec.result.info["elimination"]["eliminated"]))
+
+    run_experiment(cfg, data_root=data_root, results_dir=tmp_path, progress=False, on_round=record)
+    (ids0, gone0), (ids1, gone1) = seen
+    assert gone0 and ids0 == [0, 1, 2, 3, 4]  # it chose to drop some, all trained anyway
+    assert gone1 and ids1 == sorted(set(range(5)) - set(gone1))
