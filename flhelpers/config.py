@@ -31,7 +31,7 @@ RESULTS_VERSION = 3  # 3: FoolsGold pardoning with a zero diagonal (Fung et al.)
 
 #: Fields added after results version 3, each with the value that reproduces the behaviour
 #: before it existed; at that value a field is left out of the run id (ExperimentConfig.run_id).
-LEGACY_VALUES: dict[str, Any] = {"drop_last": False}
+LEGACY_VALUES: dict[str, Any] = {"drop_last": False, "poisoned_rounds": 0}
 
 
 class ConfigError(ValueError):
@@ -52,6 +52,26 @@ class ExperimentConfig:
     (the default, this library's behaviour before the field existed) trains on the short last
     batch too, ``ceil(n_k / B)`` steps an epoch. The presets set it per benchmark and profile
     (:mod:`flhelpers.presets`).
+
+    ``poisoned_rounds`` (``k``, default 0: off): a *poisoned start* (issue 19, section 1). In
+    rounds ``t < k`` the server's step is FedAvg over the attackers' updates only, whatever
+    the defense,
+
+        W^{t+1} = W^t + sum_{k in A_t} n_k u_k / sum_{k in A_t} n_k,
+
+    ``A_t`` the round's attackers with a finite update (McMahan et al.'s sample-weighted mean;
+    no finite attacker update: the model does not move), so from round ``k`` on the defense
+    starts from a model the attackers alone have trained. The defense still runs in those
+    rounds, on every candidate's update, and its aggregate is discarded: its hooks run (a
+    screening rule's choice is not applied, every candidate trains, so the attackers are always
+    there to average) and a stateful rule's state advances as in any round. FoolsGold therefore
+    adds all the candidates' updates of the ``k`` rounds to their histories: the honest peers'
+    and the attackers' histories then span the same rounds, as in a run without the option, and
+    only the starting model differs (showing it the attackers' updates alone would give the
+    attackers ``k`` rounds more history than the honest peers, a second change to the
+    experiment). The detection counts of those rounds are the defense's own verdict. Needs
+    attackers (``attacker_ratio > 0``, an attack other than ``none``) and ``k < rounds``.
+    :func:`flhelpers.fl.guards.attackers_mean` computes the step.
     """
 
     benchmark: str = "custom"
@@ -75,6 +95,7 @@ class ExperimentConfig:
     source_class: int = 7
     target_class: int = 1
     attack_kwargs: dict[str, Any] = field(default_factory=dict)
+    poisoned_rounds: int = 0
     defense: str = "fedavg"
     defense_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -260,6 +281,13 @@ def validate_config(cfg: ExperimentConfig) -> None:
         value = getattr(cfg, name)
         if not _is_int(value) or value <= 0:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    if not _is_int(cfg.poisoned_rounds) or not 0 <= cfg.poisoned_rounds < cfg.rounds:
+        raise ConfigError(f"poisoned_rounds must be an integer in [0, rounds) = [0, {cfg.rounds}) (the first k "
+                          f"rounds average the attackers' updates only), got {cfg.poisoned_rounds!r}.")
+    if cfg.poisoned_rounds > 0 and (cfg.attack == "none" or not cfg.attacker_ratio > 0):
+        raise ConfigError(f"poisoned_rounds={cfg.poisoned_rounds} averages the attackers' updates, but this run "
+                          f"has none (attack={cfg.attack!r}, attacker_ratio={cfg.attacker_ratio!r}); set "
+                          f"attacker_ratio > 0 with an attack, or poisoned_rounds=0.")
     if not isinstance(cfg.drop_last, bool):
         raise ConfigError(f"drop_last must be True or False, got {cfg.drop_last!r}.")
     if not _is_real(cfg.lr) or cfg.lr <= 0:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+
+from flhelpers.config import ConfigError, benchmark_config
 
 import flhelpers.fl.engine as engine
 from flhelpers.defenses import PAPER_DEFENSES
@@ -12,11 +16,13 @@ from flhelpers.fl.grid import grid_rounds, run_grid
 from flhelpers.studies.paper import (
     PAPER_RATIOS,
     capture_config,
+    cell_mean,
     check_findings,
     default_plan,
     make_grid,
     paper_comparison,
     plan_table,
+    select_cell,
     stability_ratio,
     write_benchmark_tables,
 )
@@ -171,6 +177,38 @@ def test_check_findings_yes_no_and_not_run():
     assert f["mnist-extreme", "the attack hurts FedAvg's source class"] == "no"
     assert f["mnist-extreme", "LFighter holds the source class"] == "not run"
     assert f["mnist-extreme", "the median collapses on MNIST-Extreme"] == "yes"
+
+
+def _stored_row(cfg, src: float, drop: tuple[str, ...] = ()) -> dict:
+    """One run's row as load_results gives it: config columns (dicts as JSON), run id, a metric;
+    ``drop``: fields the run's config.json lacks (written before they existed)."""
+    row = {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+           for k, v in cfg.to_dict().items() if k not in drop}
+    return {**row, "run_id": cfg.run_id(), "source_accuracy": src}
+
+
+def test_select_cell_averages_seeds_and_refuses_runs_that_differ_in_more():
+    base = benchmark_config("mnist-mild", "medium", defense="lfighter", attacker_ratio=0.4)
+    seeds = pd.DataFrame([_stored_row(base, 0.90), _stored_row(base.replace(seed=1), 0.80)])
+    assert len(select_cell(seeds, "mnist-mild", "lfighter", 0.4)) == 2
+    assert cell_mean(seeds, "mnist-mild", "lfighter", 0.4, "source_accuracy") == pytest.approx(0.85)
+    other = base.replace(seed=1, defense_kwargs={"distribution": "extreme"})
+    mixed = pd.DataFrame([_stored_row(base, 0.90), _stored_row(other, 0.10)])
+    with pytest.raises(ConfigError, match=r"differ in more than the seed: defense_kwargs \('\{\}' in "
+                                          rf"{base.run_id()}, .*extreme.* in {other.run_id()}\)"):
+        select_cell(mixed, "mnist-mild", "lfighter", 0.4)
+    for changes, field in (({"rounds": 80}, "rounds"), ({"attack_kwargs": {"flip": "all"}}, "attack_kwargs"),
+                           ({"poisoned_rounds": 2}, "poisoned_rounds"), ({"drop_last": True}, "drop_last")):
+        frame = pd.DataFrame([_stored_row(base, 0.9), _stored_row(base.replace(seed=2, **changes), 0.1)])
+        with pytest.raises(ConfigError, match=rf"in more than the seed: {field} .*another --results-dir"):
+            cell_mean(frame, "mnist-mild", "lfighter", 0.4, "source_accuracy")
+    # other cells are not affected, and a run stored before drop_last and poisoned_rounds existed
+    # compares equal to a new run at their legacy values (False, 0), not to one that sets them
+    old = _stored_row(base.replace(seed=3), 0.7, drop=("drop_last", "poisoned_rounds"))
+    assert len(select_cell(pd.DataFrame([old, _stored_row(base, 0.9)]), "mnist-mild", "lfighter", 0.4)) == 2
+    with pytest.raises(ConfigError, match="drop_last"):
+        select_cell(pd.DataFrame([old, _stored_row(base.replace(drop_last=True), 0.9)]), "mnist-mild", "lfighter", 0.4)
+    assert select_cell(mixed, "mnist-mild", "fedavg", 0.4).empty
 
 
 def test_stability_ratio_prefers_30_percent():

@@ -534,19 +534,37 @@ def test_extreme_default_keeps_each_class_together_where_the_old_reading_split_i
     assert filter_extreme(concat_features(rows, pairs), rows, min_samples=None)[0].any()
 
 
-def test_lfighter_passes_its_extreme_settings_to_procedure_2() -> None:
-    layout = make_layout(4, 6)
-    rng = np.random.default_rng(1)
+def _issue11_rows() -> np.ndarray:
+    """The fixture of the test above: 4 classes x 5 honest peers whose second neuron varies."""
+    rng = np.random.default_rng(0)
     hidden = {c: rng.standard_normal(6) + 3 * np.eye(6)[c] for c in range(4)}
-    rows = np.stack([_extreme_rows(rng, [(c + 1) % 4], c, hidden[c]) for c in range(4) for _ in range(3)])
+    peers = []
+    for c in range(4):
+        others = [o for o in range(4) if o != c]
+        for second in (others[0], others[0], others[0], others[1], others[1]):
+            peers.append(_extreme_rows(rng, [second], c, hidden[c]))
+    return np.stack(peers)
+
+
+def test_lfighter_passes_its_extreme_settings_to_procedure_2() -> None:
+    """On the issue-11 fixture the three settings give three different verdicts (nobody, some,
+    8 rejected; the test above), so the rule must pass both ``extreme_features`` and
+    ``min_samples`` through to Procedure 2 to get each one."""
+    layout = make_layout(4, 6)
+    rows = _issue11_rows()
     updates = torch.zeros(len(rows), layout.dim, dtype=torch.float64)
     updates[:, layout.output_weight] = torch.as_tensor(-LR * rows[:, :, :-1].reshape(len(rows), -1))
     updates[:, layout.output_bias] = torch.as_tensor(-LR * rows[:, :, -1])
     ctx = context(layout)
-    for kind, ms in (("concat", 3), ("in-place", 2), ("concat", None)):
+    rejected = {}
+    for kind, ms in (("concat", 3), ("in-place", None), ("concat", None)):
         res = LFighter("extreme", extreme_features=kind, min_samples=ms)(updates, ctx)
         grads = ctx.gradients(layout.output_rows(updates)).numpy()
         feats = (concat_features if kind == "concat" else extreme_features)(grads, top_two(np.linalg.norm(grads, axis=-1)))
         bad, info = filter_extreme(feats, grads, ms)
         assert res.info["labels"] == info["labels"]
         assert res.accepted.numpy().tolist() == (~bad).tolist()
+        rejected[(kind, ms)] = int((~res.accepted).sum())
+    assert rejected[("concat", 3)] == 0  # one cluster per class: nobody rejected
+    assert rejected[("in-place", None)] == 8  # each class split by its second neuron
+    assert 0 < rejected[("concat", None)] < 20  # the smaller neighbourhood alone splits a class

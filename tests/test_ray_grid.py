@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from flhelpers.fl.checkpoint import load_checkpoint
 from flhelpers.fl.grid import run_grid
 from flhelpers.studies.paper import make_grid
 from flhelpers.results import load_results, run_dir
@@ -190,11 +192,12 @@ def test_worker_killed_mid_grid_finishes_identically(local_ray, data_root, tmp_p
 
     thread = threading.Thread(target=grid)
     thread.start()
-    victim, killed = configs[0].run_id(), None
+    victim, killed, relayed = configs[0].run_id(), None, None
     deadline = time.monotonic() + 240
     while thread.is_alive() and time.monotonic() < deadline and killed is None:
         # kill once the run's first checkpoint has travelled to the driver's store
         if (run_dir(out, victim) / "checkpoint.pt").is_file():
+            relayed = load_checkpoint(run_dir(out, victim), victim)  # at least this round reached the driver
             for p in _task_workers(victim):
                 os.kill(p.pid, signal.SIGKILL)
                 killed = p.pid
@@ -204,7 +207,16 @@ def test_worker_killed_mid_grid_finishes_identically(local_ray, data_root, tmp_p
     assert killed is not None, "the run finished before its worker could be killed"
     assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
     assert "error" not in result, result.get("error")
-    assert any(f"Run {victim} finished at attempt 2" in w for w in result["warnings"]), result["warnings"]
+    retried = [w for w in result["warnings"] if f"Run {victim} finished at attempt 2" in w]
+    assert len(retried) == 1, result["warnings"]
+    # the retry resumed from a relayed checkpoint (a restart from round 0 gives equal numbers, so
+    # the numbers below cannot tell): at the round after one that reached the driver before the
+    # kill, or a later one, and it trained only the rounds from there
+    found = re.search(r"resumed at round (\d+) from the last checkpoint.*It trained (\d+) of 8 rounds", retried[0])
+    assert found, retried[0]
+    resumed_at, trained = int(found.group(1)), int(found.group(2))
+    assert relayed is not None and resumed_at >= int(relayed["round"]) + 1 >= 1
+    assert trained == 8 - resumed_at < 8
     rows = result["rows"]
     pd.testing.assert_frame_equal(_numbers(rows), _numbers(ref))
     _assert_same_runs(tmp_path / "local", out, rows["run_id"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,15 +98,24 @@ def _committed(cfg: ExperimentConfig) -> Path:
 
 
 def test_committed_runs_match_their_configs_and_table3_files_are_current() -> None:
-    finished = load_results(REFERENCE)
-    assert len(finished) >= 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        finished = load_results(REFERENCE)
+    # every committed run with a summary is read back (none skipped as damaged) ...
+    with_summary = sorted(d.name for d in (REFERENCE / "runs").iterdir() if (d / "summary.json").is_file())
+    assert sorted(finished["run_id"]) == with_summary, [str(w.message) for w in caught]
+    assert not [w for w in caught if "damaged" in str(w.message)]
     for _, row in finished.iterrows():
         cfg_file = json.loads((REFERENCE / "runs" / row["run_id"] / "config.json").read_text())
         assert cfg_file["run_id"] == row["run_id"]
+        # ... and its stored config hashes to its folder (a config.json written before a field
+        # existed reads it at its legacy value)
+        assert ExperimentConfig.from_dict(cfg_file["config"]).run_id() == row["run_id"]
         assert not (REFERENCE / "runs" / row["run_id"] / "checkpoint.pt").exists()
     committed = pd.read_csv(REFERENCE / "table3.csv")
     fresh = table3(finished[finished["profile"] == "medium"])
     assert list(committed["runs"]) == list(fresh["runs"]), "table3.csv is stale: run python -m flhelpers table3"
+    assert (fresh["runs"] >= 1).all(), fresh.loc[fresh["runs"] < 1, ["benchmark", "defense"]]  # every cell has a run
     np.testing.assert_allclose(committed["src_acc"].to_numpy(), fresh["src_acc"].to_numpy(), atol=0.006)
 
 

@@ -44,7 +44,8 @@ from flhelpers.config import (ConfigError, ExperimentConfig, check_defense_size,
 from flhelpers.data import load_dataset
 from flhelpers.data.base import FLDataset
 from flhelpers.defenses.base import AggregationContext, AggregationResult, Defense
-from flhelpers.fl.guards import apply_update, average_buffers, feasible_attackers, guarded_aggregate  # noqa: F401
+from flhelpers.fl.guards import (apply_update, attackers_mean, average_buffers, feasible_attackers,  # noqa: F401
+                                 guarded_aggregate)
 from flhelpers.metrics import detection_counts, evaluate, summarize
 from flhelpers.models import build_model
 from flhelpers.params import ParamLayout, flatten_buffers, flatten_params, layout_of, load_flat_buffers, load_flat_params
@@ -170,6 +171,10 @@ def build_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
                                      attack.needs_source_holders, seed=derive_seed(cfg.seed, "attackers"))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if cfg.poisoned_rounds > 0 and len(attackers) == 0:
+        raise ConfigError(f"poisoned_rounds={cfg.poisoned_rounds} averages the attackers' updates, but "
+                          f"attacker_ratio={cfg.attacker_ratio} selects no attacker among {cfg.num_peers} peers "
+                          f"({cfg.partition} split); raise attacker_ratio or set poisoned_rounds=0.")
     expected = expected_attackers(len(attackers), cfg)
     check_defense_size(defense, cfg, peers_per_round(cfg), expected)
     device = torch.device(cfg.device)
@@ -401,16 +406,23 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
         candidates = select_peers(cfg, r)
         t0 = time.perf_counter()
         peer_ids, _ = screen_peers(exp, candidates, st.global_params, st.global_buffers, r)
+        poisoned = r < cfg.poisoned_rounds  # the defense's hooks ran; its choice is not applied
+        if poisoned:
+            peer_ids = candidates
         updates, buffers = exp.trainer.train_round([exp.peers[k] for k in peer_ids],
                                                    st.global_params, st.global_buffers, r)
         updates = exp.attack.poison_updates(
             updates, torch.as_tensor(is_attacker[peer_ids]), r,
             torch_generator(cfg.seed, "attack", r), exp.layout)
+        sent = updates  # as the peers sent them, before a defense's transform
         transform = getattr(exp.defense, "transform_updates", None)
         if transform is not None:
             updates = transform(updates, peer_ids, is_attacker[peer_ids], r)
         t1 = time.perf_counter()
         result, ctx = aggregate_round(exp, updates, peer_ids, st.global_params, r)
+        verdict = result.accepted  # the defense's, for the detection counts
+        if poisoned:  # ExperimentConfig.poisoned_rounds: the attackers' FedAvg is the step
+            result = attackers_mean(sent, torch.as_tensor(is_attacker[peer_ids]), ctx.num_samples, result)
         st.global_params, discarded = apply_update(st.global_params, result)
         if not discarded:
             st.global_buffers = average_buffers(st.global_buffers, buffers, ctx.num_samples, result.accepted)
@@ -419,7 +431,7 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
             on_round(RoundRecord(r, peer_ids, is_attacker[peer_ids], updates, result, ctx, discarded))
         in_round = np.isin(candidates, peer_ids)
         accepted_all = np.zeros(len(candidates), dtype=bool)
-        accepted_all[in_round] = result.accepted.cpu().numpy()[np.searchsorted(peer_ids, candidates[in_round])]
+        accepted_all[in_round] = verdict.cpu().numpy()[np.searchsorted(peer_ids, candidates[in_round])]
         st.progress.add_round(detection_counts(accepted_all, is_attacker[candidates]),
                               int(result.info.get("non_finite", 0)), discarded)
         st.next_round = r + 1
@@ -434,7 +446,7 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
                           cfg.eval_batch_size, exp.device)
             st.progress.rows.append({"round": r, **ev.as_row(), **st.progress.take_pending(),
                                      **{f"cum_{k}": v for k, v in st.progress.cum.items()},
-                                     "accepted": int(result.accepted.sum()),
+                                     "accepted": int(verdict.sum()),
                                      # privacy spent so far, when the rule is differentially private
                                      **{k: result.info[k] for k in ("epsilon", "delta")
                                         if k in result.info}})

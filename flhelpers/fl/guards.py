@@ -115,3 +115,32 @@ def average_buffers(global_buffers: torch.Tensor, buffers: torch.Tensor, num_sam
         return global_buffers
     return (w.to(buffers.device) / w.sum()) @ torch.where(ok.to(buffers.device).unsqueeze(1), buffers,
                                                           torch.zeros_like(buffers))
+
+
+def attackers_mean(updates: torch.Tensor, is_attacker: torch.Tensor, num_samples: torch.Tensor | None,
+                   defense_result: AggregationResult) -> AggregationResult:
+    """The step of a poisoned-start round (``ExperimentConfig.poisoned_rounds``): FedAvg over
+    the attackers' finite updates only (McMahan et al. 2017, sample-weighted),
+
+        Delta = sum_{k in A} n_k u_k / sum_{k in A} n_k,   A = {k : attacker, u_k finite},
+
+    whatever the defense answered (``defense_result``, whose ``info`` is kept, with
+    ``info["poisoned_start"]`` added). ``accepted`` is ``A`` (the BatchNorm statistics are
+    averaged over it too); with ``A`` empty the update is zero and nobody is accepted.
+    ``num_samples`` ``None`` weighs every peer 1.
+    """
+    k = updates.shape[0]
+    attackers = torch.as_tensor(is_attacker, dtype=torch.bool).cpu().reshape(-1)
+    if attackers.numel() != k:
+        raise ValueError(f"attackers_mean got {k} updates but {attackers.numel()} attacker flags.")
+    used = attackers & torch.isfinite(updates).all(dim=1).cpu()
+    n = torch.ones(k, dtype=torch.float64) if num_samples is None else num_samples.cpu().to(torch.float64)
+    weights = n * used.to(torch.float64)
+    update = torch.zeros(updates.shape[1], dtype=updates.dtype, device=updates.device)
+    if weights.sum() > 0:
+        rows = used.nonzero().flatten()
+        w = (weights[rows] / weights[rows].sum()).to(device=updates.device, dtype=updates.dtype)
+        update = w @ updates[rows.to(updates.device)]
+    info = {**defense_result.info, "poisoned_start": f"FedAvg over {int(used.sum())} attacker update(s); "
+                                                     f"the defense's aggregate was discarded"}
+    return AggregationResult(update, used, weights.to(torch.float32), info)

@@ -181,9 +181,11 @@ class _CheckpointSender:
         self.path, self.relay, self.run_id, self.every_s = path, relay, run_id, every_s
         self._last_mtime: int | None = None
         self._last_sent = float("-inf")
+        self.rounds_trained = 0  # the rounds this attempt aggregated
 
     def __call__(self, record: Any) -> None:
         del record
+        self.rounds_trained += 1
         if self.relay is None:
             return
         ckpt = self.path / CHECKPOINT
@@ -210,8 +212,9 @@ def execute_run(config: dict[str, Any], run_id: str, data_root: str | None, rela
     """The body of a run's Ray task: compute the run in a temporary store, return its files.
 
     Returns ``{"status": "done"}`` when the driver already holds the finished run (a stray retry),
-    else ``{"status": "computed", "files", "summary", "wall_time", "attempt", "resumed_from", "host",
-    "pid"}`` (``resumed_from``: the first round this attempt computed, ``None`` from round 0).
+    else ``{"status": "computed", "files", "summary", "wall_time", "attempt", "resumed_from",
+    "rounds_trained", "host", "pid"}`` (``resumed_from``: the first round this attempt computed,
+    ``None`` from round 0; ``rounds_trained``: how many rounds it computed).
     """
     from flhelpers.fl.engine import run_experiment
 
@@ -234,11 +237,11 @@ def execute_run(config: dict[str, Any], run_id: str, data_root: str | None, rela
         for name, data in (files or {}).items():
             (path / name).write_bytes(data)
         t0 = time.perf_counter()
-        result = run_experiment(cfg, data_root=data_root, results_dir=tmp, progress=False,
-                                on_round=_CheckpointSender(path, relay, run_id, relay_every_s))
+        sender = _CheckpointSender(path, relay, run_id, relay_every_s)
+        result = run_experiment(cfg, data_root=data_root, results_dir=tmp, progress=False, on_round=sender)
         return {"status": "computed", "files": read_run_files(path, FINISHED_FILES), "summary": result.summary,
                 "wall_time": time.perf_counter() - t0, "attempt": attempt,
-                "resumed_from": result.extra.get("resumed_from"),
+                "resumed_from": result.extra.get("resumed_from"), "rounds_trained": sender.rounds_trained,
                 "host": socket.gethostname(), "pid": os.getpid()}
 
 
@@ -335,7 +338,8 @@ def run_on_ray(configs: Sequence[ExperimentConfig], pending: Sequence[int], data
                         start = out["resumed_from"]
                         how = ("from round 0." if start is None else
                                f"resumed at round {start} from the last checkpoint that reached the driver.")
-                        warnings.warn(f"Run {ids[i]} finished at attempt {out['attempt']} (a worker died), {how}",
+                        warnings.warn(f"Run {ids[i]} finished at attempt {out['attempt']} (a worker died), {how} "
+                                      f"It trained {out['rounds_trained']} of {configs[i].rounds} rounds.",
                                       stacklevel=2)
                     yield i, out["summary"], out["wall_time"]
                 else:  # the driver wrote this run already (cannot happen within one grid): read it back

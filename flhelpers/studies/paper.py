@@ -10,6 +10,9 @@ grid (PAPER.md section 1) at ``paper``, Table 3's structure at ``medium``, a sma
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from flhelpers.config import ConfigError, ExperimentConfig, benchmark_config, validate_config
+from flhelpers.config import LEGACY_VALUES, ConfigError, ExperimentConfig, benchmark_config, validate_config
 from flhelpers.defenses import PAPER_DEFENSES
 from flhelpers.results import is_finished, run_dir
 from flhelpers.studies.gradients import capture_folder
@@ -204,11 +207,53 @@ def paper_comparison(summaries: pd.DataFrame, paper_key: str, ratio: float | Non
 
 
 def select_cell(summaries: pd.DataFrame, benchmark: str, defense: str, ratio: float) -> pd.DataFrame:
-    """The runs of one grid cell (benchmark, defense, attacker ratio); empty when there are none."""
+    """The runs of one grid cell (benchmark, defense, attacker ratio); empty when there are none.
+
+    A cell's runs are averaged as seeds (:func:`cell_mean`), so they must be seeds of one
+    configuration: runs whose configs differ in any field but ``seed`` (``defense_kwargs``,
+    ``rounds``, the attack, ``drop_last``, ...) raise a :class:`~flhelpers.config.ConfigError`
+    that names the fields, their values and run ids, and the fix. A field that a run's stored
+    config lacks (``NaN`` in the table: the run was computed before the field existed) is read
+    at its :data:`~flhelpers.config.LEGACY_VALUES` value, the behaviour it had then. A field the
+    table lacks altogether (a hand-made table of summaries) cannot be compared and is not.
+    """
     if not len(summaries):
         return summaries
-    return summaries[(summaries["benchmark"] == benchmark) & (summaries["defense"] == defense)
-                     & np.isclose(summaries["attacker_ratio"].astype(float), ratio)]
+    sel = summaries[(summaries["benchmark"] == benchmark) & (summaries["defense"] == defense)
+                    & np.isclose(summaries["attacker_ratio"].astype(float), ratio)]
+    differing: list[str] = []
+    for name in (f.name for f in dataclasses.fields(ExperimentConfig)):
+        if name == "seed" or name not in sel.columns or len(sel) < 2:
+            continue
+        values = [_config_value(name, v) for v in sel[name]]
+        if len(set(values)) > 1:
+            ids = sel["run_id"].tolist() if "run_id" in sel.columns else [str(i) for i in sel.index]
+            shown = ", ".join(f"{v!r} in {rid}" for v, rid in zip(values, ids))
+            differing.append(f"{name} ({shown})")
+    if differing:
+        raise ConfigError(
+            f"The {len(sel)} runs of cell ({benchmark}, {defense}, {ratio:.0%}) differ in more than the seed: "
+            f"{'; '.join(differing)}. A cell's runs are averaged as seeds of one configuration; keep one "
+            f"configuration per cell in the results store (move the others to another --results-dir) or "
+            f"select the runs before, e.g. summaries[summaries[{differing[0].split(' ')[0]!r}] == value].")
+    return sel
+
+
+def _config_value(name: str, value: Any) -> Any:
+    """A config column's value, comparable across runs: a missing value (a run stored before the
+    field existed) is the field's legacy value, numbers compare as floats, dicts as sorted JSON."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        legacy = LEGACY_VALUES.get(name)
+        return None if legacy is None else _config_value(name, legacy)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return value
 
 
 def cell_mean(summaries: pd.DataFrame, benchmark: str, defense: str, ratio: float, metric: str) -> float:
