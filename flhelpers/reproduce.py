@@ -12,10 +12,12 @@ executed copy goes to ``<results_dir>/notebooks/<NAME>.ipynb`` and the wall time
 themselves (``<results_dir>/figures``, ``<results_dir>/tables``). Finished runs are reused, so
 a second call only re-draws.
 
-At ``medium`` the results store defaults to the committed reference results
-(``results/reference/medium``, :mod:`flhelpers.studies.reference`): the three benchmark notebooks read
-every run back instead of computing it (``force=True`` recomputes), and ``table3.csv`` /
-``table3.md`` are written beside them. The Related and Privacy notebooks have no medium profile.
+At ``medium`` the results store defaults to ``results/medium``, which is first seeded with the
+committed reference runs of ``results/reference/medium`` (:func:`flhelpers.studies.reference.results_store`):
+the three benchmark notebooks read every run back instead of computing it (``force=True``
+recomputes), and ``table3.csv`` / ``table3.md`` are written beside them. The committed folder is
+never written unless ``refresh_reference=True`` (``--refresh-reference``) makes it the store.
+The Related and Privacy notebooks have no medium profile.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ def write_timings(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
 
 def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
               results_dir: str | Path | None = None, data_root: str | Path | None = None, device: str = "cpu",
-              parameters: dict[str, Any] | None = None, log_output: bool = False, force: bool = False) -> int:
+              parameters: dict[str, Any] | None = None, log_output: bool = False, force: bool = False,
+              refresh_reference: bool = False) -> int:
     """Execute the benchmark notebooks with papermill; return 0 when every one succeeded, else 1.
 
     Args:
@@ -121,15 +124,22 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
             (default all five; at ``medium`` the three benchmark notebooks).
         results_dir: the results store; executed notebooks go to ``<results_dir>/notebooks``
             (default :func:`flhelpers.studies.reference.default_results_dir`: ``results``, or
-            ``results/reference/medium`` at ``medium``).
+            ``results/medium`` at ``medium``). At ``medium`` it is first seeded with the committed
+            runs it lacks.
         data_root: the data root (default ``$FLHELPERS_DATA``, else ``./data``), passed as an
             absolute path so the kernel's working directory does not matter.
         device: ``cpu`` or ``cuda``.
         parameters: further notebook parameters (e.g. ``{"rounds": 2}``), overriding the above.
         log_output: stream the notebooks' output to this process's output.
         force: recompute every run of the notebooks' grids even where a finished one exists.
+        refresh_reference: at ``medium``, use the committed folder ``results/reference/medium``
+            itself as the store (rewrites its executed notebooks, figures, tables and timings).
+
+    Raises:
+        ValueError: an unknown profile or notebook, a notebook without a medium profile, or
+            ``refresh_reference`` with ``results_dir`` or at a profile without committed results.
     """
-    from flhelpers.studies.reference import default_results_dir, write_table3
+    from flhelpers.studies.reference import REFERENCE_PROFILES, reference_dir, results_store, write_table3
 
     import papermill as pm
 
@@ -143,7 +153,14 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
         if no_medium:
             raise ValueError(f"The {', '.join(no_medium)} notebook(s) have no medium profile; run them with "
                              f"--profile quick or paper, or leave them out.")
-    results = Path(results_dir if results_dir is not None else default_results_dir(profile)).resolve()
+    if refresh_reference:
+        if profile not in REFERENCE_PROFILES:
+            raise ValueError(f"--refresh-reference rewrites committed results, which exist only for "
+                             f"{', '.join(REFERENCE_PROFILES)}; leave it out at {profile!r}.")
+        if results_dir is not None:
+            raise ValueError("--refresh-reference writes into results/reference/: leave out --results-dir.")
+        results_dir = reference_dir(profile)
+    results = Path(results_store(results_dir, profile, force=force))
     out_dir = results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"profile": profile, "results_dir": str(results),

@@ -26,7 +26,8 @@
 # %% tags=["parameters"]
 profile = "quick"        # "quick" (CI), "paper" (more steps, restarts, full MNIST-iid runs) or "smoke"
 data_root = None         # default: $FLHELPERS_DATA, else ./data
-results_dir = "results"  # runs (reused), figures/privacy/*.png, tables/privacy_*.csv and .md
+results_dir = None       # runs (reused), figures/privacy/*.png, tables/privacy_*.csv and .md;
+                         # None: the repository's results/ (also from notebooks/)
 device = "cpu"           # "cpu" or "cuda"
 seed = 0
 threads = 1              # CPU threads; one is fastest for these small models on a shared machine
@@ -48,9 +49,11 @@ from flhelpers.privacy import SmallConvNet
 from flhelpers.plots.privacy import plot_accuracy_vs_epsilon, plot_reconstruction_grid
 from flhelpers.studies.privacy import dp_accuracy_study, privacy_profile, run_inversion_study
 from flhelpers.studies.tables import write_table
+from flhelpers.studies.reference import results_store
 
 torch.set_num_threads(threads)
 P = privacy_profile(profile)
+results_dir = results_store(results_dir, profile)  # absolute: the same from notebooks/ and the root
 started = time.perf_counter()
 studies = {}
 print(P.inversion)

@@ -34,7 +34,7 @@ attacker_ratios = None    # user elimination's ratios; None: 0.1, 0.2, 0.3, 0.4
 seeds = [0]               # every run once per seed; figures show the mean
 device = "cpu"            # "cpu" or "cuda"
 data_root = None          # None: $FLHELPERS_DATA, else ./data
-results_dir = "results"   # runs, figures
+results_dir = None        # runs, figures; None: the repository's results/ (also from notebooks/)
 rounds = None             # override every grid's number of rounds
 peers = None              # override the peers of the FFL and elimination grids (Krum keeps 25)
 torch_threads = None      # e.g. 1 on a machine shared with other jobs
@@ -49,12 +49,14 @@ import flhelpers  # noqa: F401  (registers every attack and rule: gaussian-noise
 from flhelpers.plots import save_figure
 from flhelpers.plots.related import plot_elimination_detection, plot_elimination_effect, plot_ffl, plot_krum_ipm
 from flhelpers.studies import related as study
+from flhelpers.studies.reference import results_store
 
 if torch_threads:
     torch.set_num_threads(int(torch_threads))
 if benchmarks is None:
     benchmarks = ["mnist-iid"] + (["cifar10-iid"] if profile == "paper" else [])
 main = benchmarks[0]
+results_dir = results_store(results_dir, profile)  # absolute: the same from notebooks/ and the root
 overrides = dict(rounds=rounds, num_peers=peers, device=device)
 started = time.perf_counter()
 print(f"profile {profile}; FFL on {benchmarks}; user elimination and Krum on {main}")
