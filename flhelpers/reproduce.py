@@ -22,6 +22,7 @@ The Related and Privacy notebooks have no medium profile.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from flhelpers.config import PROFILES
-from flhelpers.data.base import resolve_data_root
+from flhelpers.data.base import DATA_ENV, resolve_data_root
 from flhelpers.results import atomic_write_csv
 
 NOTEBOOKS = ("MNIST", "CIFAR10", "IMDB")
@@ -101,6 +102,33 @@ def ensure_kernel() -> str:
     return _OWN_KERNEL
 
 
+def notebook_path(path: Path, kernel_cwd: Path, repository: Path) -> str:
+    """``path`` as a notebook parameter: relative to the kernel's folder when it lies in the
+    repository (so executed notebooks carry no machine's absolute paths), else absolute."""
+    path = path.resolve()
+    if path.is_relative_to(repository.resolve()):
+        return os.path.relpath(path, kernel_cwd.resolve())
+    return str(path)
+
+
+def notebook_parameters(profile: str, results: Path, data_root: str | Path | None, device: str,
+                        kernel_cwd: Path, force: bool = False,
+                        parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The parameters papermill injects: ``profile``, ``results_dir``, ``device``, ``data_root``
+    unless it comes from ``$FLHELPERS_DATA`` (the kernel inherits the variable), ``force`` when
+    set, then ``parameters``. Paths inside the repository are relative to ``kernel_cwd``."""
+    from flhelpers.studies.reference import repository_root
+
+    repo = repository_root()
+    params: dict[str, Any] = {"profile": profile, "results_dir": notebook_path(results, kernel_cwd, repo),
+                              "device": device}
+    if data_root is not None or not os.environ.get(DATA_ENV):
+        params["data_root"] = notebook_path(resolve_data_root(data_root), kernel_cwd, repo)
+    if force:
+        params["force"] = True
+    return {**params, **(parameters or {})}
+
+
 def write_timings(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
     """Merge this call's rows into ``timings.csv``: a notebook run again at a profile replaces its row."""
     if path.is_file():
@@ -126,8 +154,9 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
             (default :func:`flhelpers.studies.reference.default_results_dir`: ``results``, or
             ``results/medium`` at ``medium``). At ``medium`` it is first seeded with the committed
             runs it lacks.
-        data_root: the data root (default ``$FLHELPERS_DATA``, else ``./data``), passed as an
-            absolute path so the kernel's working directory does not matter.
+        data_root: the data root (default ``$FLHELPERS_DATA``, which the kernel inherits, else
+            ``./data`` of the working directory); a path inside the repository is passed relative
+            to ``notebooks/``, the kernel's working directory (:func:`notebook_parameters`).
         device: ``cpu`` or ``cuda``.
         parameters: further notebook parameters (e.g. ``{"rounds": 2}``), overriding the above.
         log_output: stream the notebooks' output to this process's output.
@@ -163,9 +192,7 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
     results = Path(results_store(results_dir, profile, force=force))
     out_dir = results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {"profile": profile, "results_dir": str(results),
-              "data_root": str(resolve_data_root(data_root).resolve()), "device": device,
-              **({"force": True} if force else {}), **(parameters or {})}
+    params = notebook_parameters(profile, results, data_root, device, notebooks_dir(), force, parameters)
     kernel = ensure_kernel()
     rows, failed = [], []
     for src in sources:
@@ -193,4 +220,5 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
     return 0
 
 
-__all__ = ["ALL_NOTEBOOKS", "NOTEBOOKS", "ensure_kernel", "notebooks_dir", "reproduce", "resolve_notebooks", "write_timings"]
+__all__ = ["ALL_NOTEBOOKS", "NOTEBOOKS", "ensure_kernel", "notebook_parameters", "notebook_path", "notebooks_dir",
+           "reproduce", "resolve_notebooks", "write_timings"]

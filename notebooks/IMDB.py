@@ -11,7 +11,8 @@
 # structure with fewer rounds, drawn from the committed reference runs in `results/reference/medium/`)
 # or `make reproduce PROFILE=paper`; executed copies land in `<results>/notebooks/`, figures in
 # `<results>/figures/<benchmark>/` (PNG), tables in `<results>/tables/` (CSV and Markdown), where
-# `<results>` is `results/` (`results/reference/medium/` at `medium`). Finished runs are reused:
+# `<results>` is `results/` (`results/medium/` at `medium`, first filled with copies of the committed
+# runs; `results/reference/medium/` itself is written only by `--refresh-reference`). Finished runs are reused:
 # re-running the notebook only draws, and an interrupted grid continues where it stopped.
 
 # %% [markdown]

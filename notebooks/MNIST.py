@@ -5,13 +5,14 @@
 # in Federated Learning* (LFighter, Jebreel et al.). Model: the paper's small CNN (21,840 parameters). Attack: class 7 flipped to class 1;
 # each attacker flips **all** its source-class labels and otherwise trains honestly.
 #
-# **Scale.** The `quick` profile (the default) trains on an 8,000-image subset with one local epoch: MNIST-iid and MNIST-Mild with 20 peers for 15 rounds at lr 0.05, MNIST-Extreme with 50 peers (5 per class) for 20 rounds at lr 0.01 (the journal's Table 3 value), and runs a smaller grid than the paper (plan table below; the repeated median only on MNIST-iid, where it is affordable, and the trimmed mean only there too). `profile="paper"` runs the paper's setting (100 peers, 200 rounds, 3 local epochs, lr 0.001, all 7 defenses, 0-50 % attackers): many hours on a CPU.
+# **Scale.** The `quick` profile (the default) trains on an 8,000-image subset with one local epoch: MNIST-iid and MNIST-Mild with 20 peers for 15 rounds at lr 0.05, MNIST-Extreme with 50 peers (5 per class) for 20 rounds at lr 0.01 (the journal's Table 3 value), and runs a smaller grid than the paper (plan table below; the repeated median only on MNIST-iid, where it is affordable, and the trimmed mean only there too). `profile="paper"` runs the paper's setting (100 peers, 200 rounds, 3 local epochs, all 7 defenses, 0-50 % attackers; its learning rate and the source of each value are in `flhelpers/presets.py`): many hours on a CPU.
 #
 # Headless: `make reproduce` (all notebooks, `quick`), `make reproduce PROFILE=medium` (the paper's
 # structure with fewer rounds, drawn from the committed reference runs in `results/reference/medium/`)
 # or `make reproduce PROFILE=paper`; executed copies land in `<results>/notebooks/`, figures in
 # `<results>/figures/<benchmark>/` (PNG), tables in `<results>/tables/` (CSV and Markdown), where
-# `<results>` is `results/` (`results/reference/medium/` at `medium`). Finished runs are reused:
+# `<results>` is `results/` (`results/medium/` at `medium`, first filled with copies of the committed
+# runs; `results/reference/medium/` itself is written only by `--refresh-reference`). Finished runs are reused:
 # re-running the notebook only draws, and an interrupted grid continues where it stopped.
 
 # %% [markdown]

@@ -34,12 +34,15 @@ threads = 1              # CPU threads; one is fastest for these small models on
 
 # %%
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from IPython.display import display
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm falls back to text bars
 
 from flhelpers.config import benchmark_config
 from flhelpers.data import load_dataset

@@ -50,3 +50,20 @@ def test_results_folders_of_notebooks_and_headless_runs_are_git_ignored() -> Non
     ignore = (repository_root() / ".gitignore").read_text().splitlines()
     for entry in ("/results/medium/", "/notebooks/results/"):
         assert entry in ignore, entry
+
+
+def test_injected_parameters_carry_no_absolute_path_of_this_machine(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from flhelpers.reproduce import notebook_parameters
+
+    repo, nbs = repository_root(), notebooks_dir()
+    monkeypatch.setenv("FLHELPERS_DATA", str(tmp_path / "shared-data"))
+    params = notebook_parameters("medium", repo / "results" / "medium", None, "cpu", nbs)
+    assert params == {"profile": "medium", "results_dir": "../results/medium", "device": "cpu"}
+    monkeypatch.delenv("FLHELPERS_DATA")
+    monkeypatch.chdir(repo)
+    params = notebook_parameters("quick", repo / "results", None, "cpu", nbs, force=True, parameters={"rounds": 2})
+    assert params == {"profile": "quick", "results_dir": "../results", "device": "cpu", "data_root": "../data",
+                      "force": True, "rounds": 2}
+    outside = notebook_parameters("quick", tmp_path, tmp_path / "d", "cpu", nbs)
+    assert outside["results_dir"] == str(tmp_path.resolve()) and outside["data_root"] == str((tmp_path / "d").resolve())
