@@ -7,6 +7,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
 RESULTS ?=
+# REFRESH=1 (medium only): redraw into the committed results/reference/medium/ itself
+REFRESH ?=
+# extra JupyterLab options, e.g. LAB_ARGS="--allow-root --no-browser --ip 0.0.0.0"
+LAB_ARGS ?=
 export FLHELPERS_DATA ?= $(CURDIR)/data
 
 .PHONY: install test test-fast reproduce lab benchmarks clean-results
@@ -25,7 +29,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
 
 reproduce: $(VENV)/.installed
-	$(PY) -m flhelpers reproduce --profile $(PROFILE) $(if $(RESULTS),--results-dir $(RESULTS),)
+	$(PY) -m flhelpers reproduce --profile $(PROFILE) $(if $(RESULTS),--results-dir $(RESULTS),) $(if $(REFRESH),--refresh-reference,)
 
 # The kernel "Python (flhelpers)" runs this environment (also from any other Jupyter); the
 # paired scripts notebooks/*.py open as notebooks with one click (jupytext's viewer is the default).
@@ -34,7 +38,7 @@ lab: $(VENV)/.installed
 	$(PY) -m ipykernel install --user --name flhelpers --display-name "Python (flhelpers)"
 	mkdir -p $(LAB_SETTINGS)
 	test -f $(LAB_SETTINGS)/overrides.json || echo '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' > $(LAB_SETTINGS)/overrides.json
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(LAB_ARGS)
 
 benchmarks: $(VENV)/.installed
 	$(PY) benchmarks/aggregation.py

@@ -7,8 +7,12 @@
         --ratios 0 0.2 0.4 --seeds 0 1 2 [--profile ...] [--rounds N] [--set FIELD=VALUE ...] \\
         [--results-dir DIR] [--workers N | --executor ray [--address ADDR] [--cpus-per-run C] [--gpus-per-run G]]
     python -m flhelpers list
-    python -m flhelpers reproduce --profile quick
-    python -m flhelpers table3 [--profile medium] [--results-dir DIR]
+    python -m flhelpers reproduce --profile quick|medium|paper [--notebooks NAME ...] [--refresh-reference]
+    python -m flhelpers table3 [--profile medium] [--results-dir DIR | --refresh-reference]
+
+The numbers ``run`` and ``grid`` print are each run's summary: the means of its last 10
+evaluated rounds (all of them when it has fewer), as the paper reports; detection TPR / FPR
+count every round.
 
 ``--set FIELD=VALUE`` (repeatable) sets any field of :class:`flhelpers.config.ExperimentConfig`
 (``--set lr=0.01 --set batch_size=32 --set source_class=3 --set target_class=8
@@ -134,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one experiment")
     run.add_argument("--benchmark", required=True, help="one of: " + ", ".join(BENCHMARKS))
     run.add_argument("--defense", default=None, help="default: fedavg")
-    run.add_argument("--attack", default=None, help="default: label_flip")
+    run.add_argument("--attack", default=None, help="default: label-flip (see `list` for the others)")
     run.add_argument("--attacker-ratio", type=float, default=None, help="default: 0")
     run.add_argument("--profile", default="quick", choices=PROFILES)
     run.add_argument("--rounds", type=int)
@@ -181,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--gpus-per-run", type=float, default=None, help="Ray: GPUs per run, fractions pack "
                                                                        "several runs on a GPU (default 0)")
     grid.add_argument("--threads", type=int, default=None,
-                      help="torch threads per run (numbers are identical for the same count)")
+                      help="torch threads per run (default 1 on every executor; on Ray, one per "
+                           "--cpus-per-run CPU): numbers are identical for the same count")
     grid.add_argument("--max-retries", type=int, default=3, help="Ray: retries of a run whose worker died")
     grid.add_argument("--force", action="store_true", help="recompute every run even where a finished one exists")
     grid.add_argument("--no-progress", action="store_true")
@@ -191,16 +196,35 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--profile", default="quick", choices=PROFILES)
     rep.add_argument("--notebooks", nargs="*", default=None, help="names, e.g. MNIST IMDB (default: all)")
     rep.add_argument("--results-dir", default=None,
-                     help="default: results, or results/reference/medium (the committed runs) at medium")
+                     help="default: results/, or results/medium/ at medium (seeded from the committed runs "
+                          "of results/reference/medium/, which it never writes)")
+    rep.add_argument("--refresh-reference", action="store_true",
+                     help="medium only: redraw into the committed store results/reference/medium/ itself "
+                          "(rewrites tracked files; for maintainers)")
     rep.add_argument("--force", action="store_true", help="recompute every run even where a finished one exists")
+    rep.add_argument("--only-finished", action="store_true",
+                     help="draw only the runs the store has finished; list and leave out the others "
+                          "instead of computing them")
     rep.add_argument("--data-root", default=None)
     rep.add_argument("--device", default="cpu")
     t3 = sub.add_parser("table3", help="write table3.csv/.md: the journal's Table 3 beside this store's runs")
     t3.add_argument("--profile", default="medium", choices=PROFILES)
-    t3.add_argument("--results-dir", default=None, help="default: results/reference/medium at medium, else results")
+    t3.add_argument("--results-dir", default=None,
+                    help="the store to read and write (default: read results/reference/medium/ at medium "
+                         "and write into results/medium/, else results/)")
+    t3.add_argument("--refresh-reference", action="store_true",
+                    help="write the tables into the committed store results/reference/<profile>/ itself")
     t3.add_argument("--readme", default=None, metavar="README.md",
                     help="also put readme_tables.md between the table3 markers of this README")
     return p
+
+
+def summary_note() -> str:
+    """The line printed above a run's or a grid's numbers: what they average."""
+    from flhelpers.metrics.evaluation import SUMMARY_ROUNDS
+
+    return (f"means of the last {SUMMARY_ROUNDS} evaluated rounds (all of them when a run has fewer); "
+            f"detection TPR / FPR over every round")
 
 
 def cmd_list() -> int:
@@ -247,6 +271,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     s = result.summary
     print(f"run {result.run_id}{' (reused)' if result.reused else ''}: {cfg.benchmark} "
           f"{cfg.defense} attackers {cfg.attacker_ratio:.0%} ({cfg.profile} profile, {cfg.rounds} rounds)")
+    print(f"  {summary_note()}")
     for key in ("test_loss", "accuracy", "source_accuracy", "attack_success_rate",
                 "source_accuracy_cv", "detection_tpr", "detection_fpr", "train_time_per_round",
                 "aggregation_time_per_round"):
@@ -332,6 +357,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
           f"in {seconds:.1f} s "
           f"on the {args.executor} executor")
     shown = table[[c for c in _PRINTED if c in table.columns]]
+    print(summary_note())
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"summary: {csv}")
     return 0
@@ -340,11 +366,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def cmd_table3(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flhelpers.studies.reference import default_results_dir, update_readme, write_table3
+    from flhelpers.studies.reference import table3_folders, update_readme, write_table3
 
-    folder = Path(args.results_dir) if args.results_dir else default_results_dir(args.profile)
-    write_table3(folder, args.profile)
+    source, folder = table3_folders(args.profile, args.results_dir, args.refresh_reference)
+    write_table3(source, args.profile, out_dir=folder)
     print((folder / "table3.md").read_text())
+    print(f"written: {folder / 'table3.md'}, {folder / 'table3.csv'} (runs read from {source})")
     if args.readme:
         changed = update_readme(args.readme, (folder / "readme_tables.md").read_text())
         print(f"{args.readme}: {'updated' if changed else 'already current'}")
@@ -361,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return reproduce(profile=args.profile, notebooks=args.notebooks,
                              results_dir=args.results_dir, data_root=args.data_root,
-                             device=args.device, force=args.force)
+                             device=args.device, force=args.force, refresh_reference=args.refresh_reference,
+                             parameters={"only_finished": True} if args.only_finished else None)
         if args.command == "grid":
             return cmd_grid(args)
         if args.command == "table3":

@@ -313,8 +313,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
     if cfg.backend not in ("sequential", "vectorized", "auto"):
         raise ConfigError(f"Unknown backend {cfg.backend!r}; valid: sequential, vectorized, auto.")
     validate_device(cfg.device)
-    if cfg.partition in ("dirichlet", "mild") and (not _is_real(cfg.dirichlet_alpha) or cfg.dirichlet_alpha <= 0):
-        raise ConfigError(f"dirichlet_alpha must be a positive finite number, got {cfg.dirichlet_alpha!r}.")
+    if not _is_real(cfg.dirichlet_alpha) or cfg.dirichlet_alpha <= 0:  # on every split: a bad value is a typo
+        raise ConfigError(f"dirichlet_alpha must be a positive finite number, got {cfg.dirichlet_alpha!r} "
+                          f"(e.g. --set dirichlet_alpha=0.5; it only acts with partition dirichlet).")
     for name in ("train_subset", "test_subset"):
         value = getattr(cfg, name)
         if value is not None and (not _is_int(value) or value <= 0):

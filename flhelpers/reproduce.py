@@ -12,14 +12,17 @@ executed copy goes to ``<results_dir>/notebooks/<NAME>.ipynb`` and the wall time
 themselves (``<results_dir>/figures``, ``<results_dir>/tables``). Finished runs are reused, so
 a second call only re-draws.
 
-At ``medium`` the results store defaults to the committed reference results
-(``results/reference/medium``, :mod:`flhelpers.studies.reference`): the three benchmark notebooks read
-every run back instead of computing it (``force=True`` recomputes), and ``table3.csv`` /
-``table3.md`` are written beside them. The Related and Privacy notebooks have no medium profile.
+At ``medium`` the results store defaults to ``results/medium``, which is first seeded with the
+committed reference runs of ``results/reference/medium`` (:func:`flhelpers.studies.reference.results_store`):
+the three benchmark notebooks read every run back instead of computing it (``force=True``
+recomputes), and ``table3.csv`` / ``table3.md`` are written beside them. The committed folder is
+never written unless ``refresh_reference=True`` (``--refresh-reference``) makes it the store.
+The Related and Privacy notebooks have no medium profile.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +31,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from flhelpers.config import PROFILES
-from flhelpers.data.base import resolve_data_root
+from flhelpers.data.base import DATA_ENV, resolve_data_root
 from flhelpers.results import atomic_write_csv
 
 NOTEBOOKS = ("MNIST", "CIFAR10", "IMDB")
@@ -99,6 +102,33 @@ def ensure_kernel() -> str:
     return _OWN_KERNEL
 
 
+def notebook_path(path: Path, kernel_cwd: Path, repository: Path) -> str:
+    """``path`` as a notebook parameter: relative to the kernel's folder when it lies in the
+    repository (so executed notebooks carry no machine's absolute paths), else absolute."""
+    path = path.resolve()
+    if path.is_relative_to(repository.resolve()):
+        return os.path.relpath(path, kernel_cwd.resolve())
+    return str(path)
+
+
+def notebook_parameters(profile: str, results: Path, data_root: str | Path | None, device: str,
+                        kernel_cwd: Path, force: bool = False,
+                        parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The parameters papermill injects: ``profile``, ``results_dir``, ``device``, ``data_root``
+    unless it comes from ``$FLHELPERS_DATA`` (the kernel inherits the variable), ``force`` when
+    set, then ``parameters``. Paths inside the repository are relative to ``kernel_cwd``."""
+    from flhelpers.studies.reference import repository_root
+
+    repo = repository_root()
+    params: dict[str, Any] = {"profile": profile, "results_dir": notebook_path(results, kernel_cwd, repo),
+                              "device": device}
+    if data_root is not None or not os.environ.get(DATA_ENV):
+        params["data_root"] = notebook_path(resolve_data_root(data_root), kernel_cwd, repo)
+    if force:
+        params["force"] = True
+    return {**params, **(parameters or {})}
+
+
 def write_timings(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
     """Merge this call's rows into ``timings.csv``: a notebook run again at a profile replaces its row."""
     if path.is_file():
@@ -111,7 +141,8 @@ def write_timings(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
 
 def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
               results_dir: str | Path | None = None, data_root: str | Path | None = None, device: str = "cpu",
-              parameters: dict[str, Any] | None = None, log_output: bool = False, force: bool = False) -> int:
+              parameters: dict[str, Any] | None = None, log_output: bool = False, force: bool = False,
+              refresh_reference: bool = False) -> int:
     """Execute the benchmark notebooks with papermill; return 0 when every one succeeded, else 1.
 
     Args:
@@ -121,15 +152,23 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
             (default all five; at ``medium`` the three benchmark notebooks).
         results_dir: the results store; executed notebooks go to ``<results_dir>/notebooks``
             (default :func:`flhelpers.studies.reference.default_results_dir`: ``results``, or
-            ``results/reference/medium`` at ``medium``).
-        data_root: the data root (default ``$FLHELPERS_DATA``, else ``./data``), passed as an
-            absolute path so the kernel's working directory does not matter.
+            ``results/medium`` at ``medium``). At ``medium`` it is first seeded with the committed
+            runs it lacks.
+        data_root: the data root (default ``$FLHELPERS_DATA``, which the kernel inherits, else
+            ``./data`` of the working directory); a path inside the repository is passed relative
+            to ``notebooks/``, the kernel's working directory (:func:`notebook_parameters`).
         device: ``cpu`` or ``cuda``.
         parameters: further notebook parameters (e.g. ``{"rounds": 2}``), overriding the above.
         log_output: stream the notebooks' output to this process's output.
         force: recompute every run of the notebooks' grids even where a finished one exists.
+        refresh_reference: at ``medium``, use the committed folder ``results/reference/medium``
+            itself as the store (rewrites its executed notebooks, figures, tables and timings).
+
+    Raises:
+        ValueError: an unknown profile or notebook, a notebook without a medium profile, or
+            ``refresh_reference`` with ``results_dir`` or at a profile without committed results.
     """
-    from flhelpers.studies.reference import default_results_dir, write_table3
+    from flhelpers.studies.reference import REFERENCE_PROFILES, reference_dir, results_store, write_table3
 
     import papermill as pm
 
@@ -143,12 +182,17 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
         if no_medium:
             raise ValueError(f"The {', '.join(no_medium)} notebook(s) have no medium profile; run them with "
                              f"--profile quick or paper, or leave them out.")
-    results = Path(results_dir if results_dir is not None else default_results_dir(profile)).resolve()
+    if refresh_reference:
+        if profile not in REFERENCE_PROFILES:
+            raise ValueError(f"--refresh-reference rewrites committed results, which exist only for "
+                             f"{', '.join(REFERENCE_PROFILES)}; leave it out at {profile!r}.")
+        if results_dir is not None:
+            raise ValueError("--refresh-reference writes into results/reference/: leave out --results-dir.")
+        results_dir = reference_dir(profile)
+    results = Path(results_store(results_dir, profile, force=force))
     out_dir = results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {"profile": profile, "results_dir": str(results),
-              "data_root": str(resolve_data_root(data_root).resolve()), "device": device,
-              **({"force": True} if force else {}), **(parameters or {})}
+    params = notebook_parameters(profile, results, data_root, device, notebooks_dir(), force, parameters)
     kernel = ensure_kernel()
     rows, failed = [], []
     for src in sources:
@@ -176,4 +220,5 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
     return 0
 
 
-__all__ = ["ALL_NOTEBOOKS", "NOTEBOOKS", "ensure_kernel", "notebooks_dir", "reproduce", "resolve_notebooks", "write_timings"]
+__all__ = ["ALL_NOTEBOOKS", "NOTEBOOKS", "ensure_kernel", "notebook_parameters", "notebook_path", "notebooks_dir",
+           "reproduce", "resolve_notebooks", "write_timings"]

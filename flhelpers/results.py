@@ -60,16 +60,33 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read from ``/proc`` where it can, so no thread sees it
+    change; else set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename.
 
     Readers see the old contents or the new ones, never a mix; if anything fails before the
-    rename, the temporary file is removed and the old file is untouched.
+    rename, the temporary file is removed and the old file is untouched. The file gets the mode
+    a plain ``open(path, "w")`` would give (``0o666`` less the umask, usually ``0o644``), not the
+    temporary file's private ``0o600``, so others sharing a results store can read it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

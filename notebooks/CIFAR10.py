@@ -11,7 +11,8 @@
 # structure with fewer rounds, drawn from the committed reference runs in `results/reference/medium/`)
 # or `make reproduce PROFILE=paper`; executed copies land in `<results>/notebooks/`, figures in
 # `<results>/figures/<benchmark>/` (PNG), tables in `<results>/tables/` (CSV and Markdown), where
-# `<results>` is `results/` (`results/reference/medium/` at `medium`). Finished runs are reused:
+# `<results>` is `results/` (`results/medium/` at `medium`, first filled with copies of the committed
+# runs; `results/reference/medium/` itself is written only by `--refresh-reference`). Finished runs are reused:
 # re-running the notebook only draws, and an interrupted grid continues where it stopped.
 
 # %% [markdown]
@@ -28,7 +29,8 @@ attacker_ratios = None   # None: the profile's plan, e.g. [0.0, 0.3]
 seeds = [0]              # one run per seed; tables average over seeds
 device = "cpu"           # "cpu" or "cuda"
 data_root = None         # None: $FLHELPERS_DATA, else ./data
-results_dir = None       # runs, figures, tables; None: results/reference/medium at medium, else results
+results_dir = None       # runs, figures, tables; None: results/ (results/medium/ at medium, seeded
+                         # from the committed runs of results/reference/medium/, never written)
 rounds = None            # override the profile's number of training rounds
 peers = None             # override the profile's number of peers
 config_overrides = {}    # any other ExperimentConfig field for every run, e.g. {"train_subset": 2000}
@@ -51,10 +53,10 @@ from flhelpers.fl.grid import grid_rounds, run_grid
 from flhelpers.studies.paper import (PAPER_FIGURE_READINGS, TABLE3_BENCHMARKS, capture_configs, check_findings,
                                      has_plan, notebook_plan, paper_comparison, plan_table, stability_ratio,
                                      write_benchmark_tables)
-from flhelpers.studies.reference import default_results_dir
+from flhelpers.studies.reference import results_store
 from flhelpers.studies.tables import write_table
 
-results_dir = str(results_dir or default_results_dir(profile))
+results_dir = results_store(results_dir, profile, force)  # absolute: the same from notebooks/ and the root
 # the medium profile has no CIFAR10-iid grid (Table 3 uses the Dirichlet split)
 BENCHMARKS = list(benchmarks or [b for b in ["cifar10-iid", "cifar10-mild"] if has_plan(b, profile)])
 overrides = dict(rounds=rounds, num_peers=peers, device=device, **config_overrides)

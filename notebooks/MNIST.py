@@ -5,13 +5,14 @@
 # in Federated Learning* (LFighter, Jebreel et al.). Model: the paper's small CNN (21,840 parameters). Attack: class 7 flipped to class 1;
 # each attacker flips **all** its source-class labels and otherwise trains honestly.
 #
-# **Scale.** The `quick` profile (the default) trains on an 8,000-image subset with one local epoch: MNIST-iid and MNIST-Mild with 20 peers for 15 rounds at lr 0.05, MNIST-Extreme with 50 peers (5 per class) for 20 rounds at lr 0.01 (the journal's Table 3 value), and runs a smaller grid than the paper (plan table below; the repeated median only on MNIST-iid, where it is affordable, and the trimmed mean only there too). `profile="paper"` runs the paper's setting (100 peers, 200 rounds, 3 local epochs, lr 0.001, all 7 defenses, 0-50 % attackers): many hours on a CPU.
+# **Scale.** The `quick` profile (the default) trains on an 8,000-image subset with one local epoch: MNIST-iid and MNIST-Mild with 20 peers for 15 rounds at lr 0.05, MNIST-Extreme with 50 peers (5 per class) for 20 rounds at lr 0.01 (the journal's Table 3 value), and runs a smaller grid than the paper (plan table below; the repeated median only on MNIST-iid, where it is affordable, and the trimmed mean only there too). `profile="paper"` runs the paper's setting (100 peers, 200 rounds, 3 local epochs, all 7 defenses, 0-50 % attackers; its learning rate and the source of each value are in `flhelpers/presets.py`): many hours on a CPU.
 #
 # Headless: `make reproduce` (all notebooks, `quick`), `make reproduce PROFILE=medium` (the paper's
 # structure with fewer rounds, drawn from the committed reference runs in `results/reference/medium/`)
 # or `make reproduce PROFILE=paper`; executed copies land in `<results>/notebooks/`, figures in
 # `<results>/figures/<benchmark>/` (PNG), tables in `<results>/tables/` (CSV and Markdown), where
-# `<results>` is `results/` (`results/reference/medium/` at `medium`). Finished runs are reused:
+# `<results>` is `results/` (`results/medium/` at `medium`, first filled with copies of the committed
+# runs; `results/reference/medium/` itself is written only by `--refresh-reference`). Finished runs are reused:
 # re-running the notebook only draws, and an interrupted grid continues where it stopped.
 
 # %% [markdown]
@@ -28,7 +29,8 @@ attacker_ratios = None   # None: the profile's plan, e.g. [0.0, 0.3]
 seeds = [0]              # one run per seed; tables average over seeds
 device = "cpu"           # "cpu" or "cuda"
 data_root = None         # None: $FLHELPERS_DATA, else ./data
-results_dir = None       # runs, figures, tables; None: results/reference/medium at medium, else results
+results_dir = None       # runs, figures, tables; None: results/ (results/medium/ at medium, seeded
+                         # from the committed runs of results/reference/medium/, never written)
 rounds = None            # override the profile's number of training rounds
 peers = None             # override the profile's number of peers
 config_overrides = {}    # any other ExperimentConfig field for every run, e.g. {"train_subset": 2000}
@@ -51,10 +53,10 @@ from flhelpers.fl.grid import grid_rounds, run_grid
 from flhelpers.studies.paper import (PAPER_FIGURE_READINGS, TABLE3_BENCHMARKS, capture_configs, check_findings,
                                      has_plan, notebook_plan, paper_comparison, plan_table, stability_ratio,
                                      write_benchmark_tables)
-from flhelpers.studies.reference import default_results_dir
+from flhelpers.studies.reference import results_store
 from flhelpers.studies.tables import write_table
 
-results_dir = str(results_dir or default_results_dir(profile))
+results_dir = results_store(results_dir, profile, force)  # absolute: the same from notebooks/ and the root
 # the medium profile has no CIFAR10-iid grid (Table 3 uses the Dirichlet split)
 BENCHMARKS = list(benchmarks or [b for b in ["mnist-iid", "mnist-mild", "mnist-extreme"] if has_plan(b, profile)])
 overrides = dict(rounds=rounds, num_peers=peers, device=device, **config_overrides)

@@ -26,19 +26,23 @@
 # %% tags=["parameters"]
 profile = "quick"        # "quick" (CI), "paper" (more steps, restarts, full MNIST-iid runs) or "smoke"
 data_root = None         # default: $FLHELPERS_DATA, else ./data
-results_dir = "results"  # runs (reused), figures/privacy/*.png, tables/privacy_*.csv and .md
+results_dir = None       # runs (reused), figures/privacy/*.png, tables/privacy_*.csv and .md;
+                         # None: the repository's results/ (also from notebooks/)
 device = "cpu"           # "cpu" or "cuda"
 seed = 0
 threads = 1              # CPU threads; one is fastest for these small models on a shared machine
 
 # %%
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from IPython.display import display
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm falls back to text bars
 
 from flhelpers.config import benchmark_config
 from flhelpers.data import load_dataset
@@ -48,9 +52,11 @@ from flhelpers.privacy import SmallConvNet
 from flhelpers.plots.privacy import plot_accuracy_vs_epsilon, plot_reconstruction_grid
 from flhelpers.studies.privacy import dp_accuracy_study, privacy_profile, run_inversion_study
 from flhelpers.studies.tables import write_table
+from flhelpers.studies.reference import results_store
 
 torch.set_num_threads(threads)
 P = privacy_profile(profile)
+results_dir = results_store(results_dir, profile)  # absolute: the same from notebooks/ and the root
 started = time.perf_counter()
 studies = {}
 print(P.inversion)

@@ -34,27 +34,33 @@ attacker_ratios = None    # user elimination's ratios; None: 0.1, 0.2, 0.3, 0.4
 seeds = [0]               # every run once per seed; figures show the mean
 device = "cpu"            # "cpu" or "cuda"
 data_root = None          # None: $FLHELPERS_DATA, else ./data
-results_dir = "results"   # runs, figures
+results_dir = None        # runs, figures; None: the repository's results/ (also from notebooks/)
 rounds = None             # override every grid's number of rounds
 peers = None              # override the peers of the FFL and elimination grids (Krum keeps 25)
-torch_threads = None      # e.g. 1 on a machine shared with other jobs
+torch_threads = None      # e.g. 1 on a machine shared with other jobs (the traces; grid runs use 1 each)
+workers = 2               # processes for the grids' runs (2 suits a 2-core machine; 1: in this kernel)
 
 # %%
 import time
+import warnings
 
 import torch
 from IPython.display import display
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm falls back to text bars
 
 import flhelpers  # noqa: F401  (registers every attack and rule: gaussian-noise, ipm, alie, ffl, user-elimination)
 from flhelpers.plots import save_figure
 from flhelpers.plots.related import plot_elimination_detection, plot_elimination_effect, plot_ffl, plot_krum_ipm
 from flhelpers.studies import related as study
+from flhelpers.studies.reference import results_store
 
 if torch_threads:
     torch.set_num_threads(int(torch_threads))
 if benchmarks is None:
     benchmarks = ["mnist-iid"] + (["cifar10-iid"] if profile == "paper" else [])
 main = benchmarks[0]
+results_dir = results_store(results_dir, profile)  # absolute: the same from notebooks/ and the root
 overrides = dict(rounds=rounds, num_peers=peers, device=device)
 started = time.perf_counter()
 print(f"profile {profile}; FFL on {benchmarks}; user elimination and Krum on {main}")
@@ -99,7 +105,7 @@ ffl_tables, ffl_configs = {}, {}
 for b in benchmarks:
     ffl_configs[b] = study.with_seeds(study.ffl_grid(profile, b, rules=tuple(defenses) if defenses else None,
                                                      **overrides), seeds)
-    ffl_tables[b] = study.run_tables(ffl_configs[b], data_root, results_dir)
+    ffl_tables[b] = study.run_tables(ffl_configs[b], data_root, results_dir, workers=workers)
     ffl = study.ffl_curves(ffl_tables[b])
     print(f"{b}: overall accuracy (%) under Gaussian noise, mean of the last rounds")
     display((100 * ffl[ffl.attack == "gaussian-noise"].pivot_table(
@@ -167,7 +173,7 @@ if noisy:  # FFL is in the compared rules
 # %%
 ratios = tuple(attacker_ratios or study.UE_RATIOS)
 ue_configs = study.with_seeds(study.elimination_grid(profile, main, ratios=ratios, **overrides), seeds)
-ue = study.run_tables(ue_configs, data_root, results_dir)
+ue = study.run_tables(ue_configs, data_root, results_dir, workers=workers)
 print("detection over all rounds (%): eliminated = attacker")
 display((100 * ue[ue.defense == "user-elimination"].pivot_table(
     index="label", columns="attacker_ratio", values=["detection_accuracy", "detection_f1"])).round(1))
@@ -237,7 +243,7 @@ display(study.round_table(original, results_dir).assign(source_recall=lambda t: 
 
 # %%
 krum = study.run_tables(study.with_seeds(study.krum_ipm_grid(profile, main, rounds=rounds, device=device), seeds),
-                        data_root, results_dir)
+                        data_root, results_dir, workers=workers)
 display(krum.pivot_table(index="attackers", values=["accuracy", "final_accuracy", "attacking_rounds",
                                                     "selected_while_attacking", "selected_before_attack"]).round(3))
 save_figure(plot_krum_ipm(krum, f"{main} ({profile})"), results_dir, "related", "krum_ipm")

@@ -297,8 +297,8 @@ def test_defense_heatmaps_annotate_src_acc_and_asr(tmp_path):
         assert ax.get_xlabel() == "attacker ratio" and ax.get_ylabel() == "defense"
         assert [t.get_text() for t in ax.get_yticklabels()] == ["FedAvg", "LFighter"]
         assert [t.get_text() for t in ax.get_xticklabels()] == ["0 %", "30 %"]
-    assert sorted(t.get_text() for t in src.texts) == ["60.0", "90.0", "95.0"]  # the run-less cell stays blank
-    assert sorted(t.get_text() for t in asr.texts) == ["1.0", "2.0", "30.0"]
+    assert sorted(t.get_text() for t in src.texts) == ["60.0", "90.0", "95.0", "not run"]  # the run-less cell
+    assert sorted(t.get_text() for t in asr.texts) == ["1.0", "2.0", "30.0", "not run"]
     assert "Src-Acc and ASR" in fig._suptitle.get_text()
     path = plots.show(fig, tmp_path, "mnist-iid", "src_acc_asr_heatmap")
     assert path.is_file()

@@ -61,6 +61,12 @@ def _run_one(cfg: ExperimentConfig, data_root: str | Path | None, results_dir: s
 EXECUTORS = ("local", "ray")
 
 
+#: torch threads per run when ``threads`` is not given, on every executor (Ray: one per reserved
+#: CPU, and ``cpus_per_run`` defaults to 1): float sums depend on the count, so the same grid gives
+#: the same numbers locally and on Ray, whatever the machine's core count
+DEFAULT_THREADS = 1
+
+
 def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None = None,
              results_dir: str | Path = "results", progress: bool = True,
              round_progress: bool = False, workers: int = 1, force: bool = False,
@@ -77,9 +83,8 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
     Executors:
 
     * ``"local"``: this process, one run after another; ``workers > 1`` runs the runs still to
-      compute in that many processes, each with ``cores // workers`` torch threads: on a small
-      CPU two single-threaded runs side by side finish sooner than one after the other with two
-      threads each.
+      compute in that many processes (on a small CPU two single-threaded runs side by side
+      finish sooner than one after the other with two threads each).
     * ``"ray"``: one Ray task per run on the cluster at ``address`` (``None``: the Ray session
       of this process, else a new local Ray), reserving ``cpus_per_run`` CPUs and
       ``gpus_per_run`` GPUs (fractions pack several runs on one GPU); no shared filesystem is
@@ -88,9 +93,10 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
       :mod:`flhelpers.fl.ray_executor`.
 
     A run's numbers do not depend on the process or machine it ran in, but float sums do depend
-    on the torch thread count: ``threads`` fixes it for every run (local or Ray; default: the
-    process's count, ``cores // workers``, or ``max(1, int(cpus_per_run))`` on Ray), and runs
-    computed with the same count are identical.
+    on the torch thread count: ``threads`` fixes it for every run, local or Ray (default
+    :data:`DEFAULT_THREADS`, one, on every executor; on Ray ``max(1, int(cpus_per_run))``,
+    also one by default), and runs computed with the same count are identical. Pass more
+    threads for a large model on a machine with cores to spare.
 
     Columns: every config field, every summary field (:func:`flhelpers.metrics.summarize`),
     ``run_id``, ``reused`` (read back rather than computed) and ``wall_time`` (seconds the run
@@ -113,6 +119,7 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive integer, got {threads!r}.")
     pending = [i for i, c in enumerate(configs) if force or not is_finished(run_dir(results_dir, ids[i]))]
+    local_threads = DEFAULT_THREADS if threads is None else threads
     ray_options = None
     if executor == "ray":
         from flhelpers.fl.ray_executor import RayOptions, require_ray
@@ -144,13 +151,13 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
         elif workers == 1 or len(pending) < 2:
             for i in pending:
                 try:
-                    done[i] = _run_one(configs[i], data_root, results_dir, progress and round_progress, threads,
-                                       force=force)
+                    done[i] = _run_one(configs[i], data_root, results_dir, progress and round_progress,
+                                       local_threads, force=force)
                 except Exception as exc:
                     raise failed(i, exc) from exc
                 bar.update(_describe(configs[i]), done[i][2])
         else:
-            per_process = threads if threads is not None else max(1, torch.get_num_threads() // workers)
+            per_process = local_threads
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
                 futures = {pool.submit(_run_one, configs[i], data_root, results_dir, False, per_process, force): i
@@ -195,4 +202,4 @@ def load_summary_rows(results_dir: str | Path, run_ids: Iterable[str]) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-__all__ = ["EXECUTORS", "SUMMARY_METRICS", "grid_rounds", "load_summary_rows", "run_grid"]
+__all__ = ["DEFAULT_THREADS", "EXECUTORS", "SUMMARY_METRICS", "grid_rounds", "load_summary_rows", "run_grid"]

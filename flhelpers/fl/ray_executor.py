@@ -248,10 +248,62 @@ def execute_run(config: dict[str, Any], run_id: str, data_root: str | None, rela
 # ----------------------------------------------------------------------------- on the driver
 
 
+#: seconds :func:`probe_address` waits for a cluster's GCS port to answer
+PROBE_TIMEOUT_S = 3.0
+
+
+def _cannot_reach(address: str | None, why: object) -> ConfigError:
+    return ConfigError(f"Cannot reach a Ray cluster at {address!r} ({why}). Start one with "
+                       f"`ray start --head --port 6379` and pass --address <head-ip>:6379.")
+
+
+def gcs_endpoint(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``host:port`` or ``ray://host:port`` address; ``None`` for the
+    addresses Ray resolves itself (``auto``, ``local``).
+
+    Raises:
+        ConfigError: ``host:port`` with a port that is not a number in 1-65535.
+    """
+    text = address.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    if text in ("auto", "local") or ":" not in text:
+        return None
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"Ray address {address!r} has no valid port: write it as <head-ip>:<port>, "
+                          f"e.g. 10.0.0.1:6379.")
+    return host, int(port)
+
+
+def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Fail fast when nothing listens at a ``host:port`` Ray address.
+
+    ``ray.init`` retries an unreachable GCS for minutes (printing "Failed to connect to GCS"); a
+    plain TCP connection with a timeout answers within ``timeout_s`` seconds.
+
+    Raises:
+        ConfigError: the project's "Cannot reach a Ray cluster" message, naming the fix.
+    """
+    endpoint = gcs_endpoint(address)
+    if endpoint is None:
+        return
+    try:
+        with socket.create_connection(endpoint, timeout=timeout_s):
+            pass
+    except OSError as exc:
+        why = "no answer within {:g} s".format(timeout_s) if isinstance(exc, socket.timeout) else (
+            exc.strerror or exc.__class__.__name__)
+        raise _cannot_reach(address, f"nothing listens on port {endpoint[1]} of {endpoint[0]}: {why}") from exc
+
+
 def connect(address: str | None) -> bool:
     """Join the Ray cluster at ``address`` (or this process's session, or a new local Ray).
 
-    Returns whether this call started the connection (the caller then shuts it down).
+    A ``host:port`` address is probed first (:func:`probe_address`), so an unreachable cluster
+    fails within seconds instead of Ray's minutes of retries. Returns whether this call started
+    the connection (the caller then shuts it down).
     """
     ray = require_ray()
     if ray.is_initialized():
@@ -259,6 +311,8 @@ def connect(address: str | None) -> bool:
             warnings.warn(f"Ray is already initialised in this process; using that session, not {address!r}.",
                           stacklevel=3)
         return False
+    if address is not None:
+        probe_address(address)
     try:
         with warnings.catch_warnings():  # Ray's notice about GPU visibility of CPU-only tasks
             warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
@@ -267,8 +321,7 @@ def connect(address: str | None) -> bool:
             else:
                 ray.init(address=address, log_to_driver=True)
     except ConnectionError as exc:
-        raise ConfigError(f"Cannot reach a Ray cluster at {address!r} ({exc}). Start one with "
-                          f"`ray start --head --port 6379` and pass --address <head-ip>:6379.") from exc
+        raise _cannot_reach(address, exc) from exc
     return True
 
 

@@ -8,7 +8,8 @@
 * Detection: a rejected peer is a *positive*; TPR = TP / (TP + FN) over attackers,
   FPR = FP / (FP + TN) over honest peers.
 
-The run summary averages the last 10 evaluated rounds, as the paper reports.
+The run summary averages the last :data:`SUMMARY_ROUNDS` (10) evaluated rounds, as the paper
+reports (all of them when a run has fewer).
 """
 
 from __future__ import annotations
@@ -104,7 +105,11 @@ def coefficient_of_variation(values: np.ndarray) -> float:
     return float(values.std() / values.mean())
 
 
-def summarize(metrics: pd.DataFrame, last: int = 10, timings: pd.DataFrame | None = None) -> dict[str, float]:
+#: how many of the last evaluated rounds a run's summary averages (the paper's convention)
+SUMMARY_ROUNDS = 10
+
+
+def summarize(metrics: pd.DataFrame, last: int = SUMMARY_ROUNDS, timings: pd.DataFrame | None = None) -> dict[str, float]:
     """The run summary: the mean of the last ``last`` evaluated rounds, plus CV and detection.
 
     Detection rates sum TP/FP/TN/FN over *all* rounds (every round aggregates, evaluated or not).

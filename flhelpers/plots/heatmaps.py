@@ -9,6 +9,7 @@ blank. Drawn with seaborn's :func:`seaborn.heatmap`.
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
@@ -35,7 +36,8 @@ def plot_defense_heatmaps(summaries: pd.DataFrame, title: str) -> Figure:
 
     ``summaries`` are :func:`flhelpers.fl.grid.run_grid`'s rows of one benchmark (columns
     ``defense``, ``attacker_ratio``, ``source_accuracy``, ``attack_success_rate``). Both colour
-    scales span 0-100 % so that figures of different benchmarks compare.
+    scales span 0-100 % so that figures of different benchmarks compare. A cell of a
+    combination the grid did not run reads "not run".
     """
     require_columns(summaries, ["defense", "attacker_ratio", *(m for m, _, _ in HEATMAP_PANELS)],
                     "plot_defense_heatmaps")
@@ -45,6 +47,8 @@ def plot_defense_heatmaps(summaries: pd.DataFrame, title: str) -> Figure:
     for ax, table, (metric, short, cmap) in zip(axes[0], tables, HEATMAP_PANELS):
         sns.heatmap(table, ax=ax, annot=True, fmt=".1f", vmin=0.0, vmax=100.0, cmap=cmap, linewidths=0.5,
                     linecolor="white", cbar_kws={"label": METRIC_LABELS.get(metric, short)})
+        for i, j in zip(*np.nonzero(table.isna().to_numpy())):  # a blank cell would read as missing data
+            ax.text(j + 0.5, i + 0.5, "not run", ha="center", va="center", fontsize=8, color="#777777")
         ax.set_title(short)
         ax.set_xlabel("attacker ratio")
         ax.set_ylabel("defense")

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, MultipleLocator, NullFormatter
 
 from flhelpers.plots.style import (ATTACKER_STYLE, HONEST_STYLE, METRIC_LABELS, PERCENT_METRICS, require_columns, styled,
                                    defense_color, defense_label, ordered_defenses)
@@ -110,7 +110,10 @@ def plot_magnitudes(traces: Mapping[str, pd.DataFrame], title: str, log_scale: b
         ax.set_title(name)
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-    fig.suptitle(f"{title}: gradient magnitudes of relevant and non-relevant output neurons")
+    kinds = {str(n).split(" ")[0] for trace in traces.values() for n in trace["neuron"].unique()}
+    what = ("its single output neuron" if kinds <= {"output"}  # IMDB: one logit, no source/target rows
+            else "relevant and non-relevant output neurons")
+    fig.suptitle(f"{title}: gradient magnitudes of {what}")
     fig.tight_layout()
     return fig
 
@@ -213,11 +216,14 @@ def plot_runtime(summaries: pd.DataFrame, title: str) -> Figure:
             ax.annotate(f"{t:.3g}", (bar.get_x() + bar.get_width() / 2, t), ha="center", va="bottom",
                         fontsize=9, xytext=(0, 2), textcoords="offset points")
     ax.set_yscale("log")
-    ax.set_ylabel("aggregation time per round (ms, log scale)")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 1-2-5 ticks, not only decades
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel("aggregation time per round\n(ms, log scale)")
     ax.set_xlabel("defense")
     ax.tick_params(axis="x", rotation=20)
     ax.grid(axis="y", alpha=0.3, which="both")
-    ax.set_title(f"{title}: cost of aggregation on this machine")
+    ax.set_title(f"{title}:\ncost of aggregation on this machine", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -230,7 +236,8 @@ def plot_detection(summaries: pd.DataFrame, title: str) -> Figure:
     """Each defense's true and false positive rates (rejected = positive) per attacker ratio.
 
     TPR (attackers rejected) is undefined without attackers, so its panel skips ratio 0.
-    FedAvg, the median and the trimmed mean reject nobody (0 % everywhere).
+    FedAvg, the median and the trimmed mean reject nobody (0 % everywhere): they draw no bar, so
+    the legend says "(rejects no one)" beside them, telling 0 from a rate that was not measured.
     """
     require_columns(summaries, ["defense", "attacker_ratio", "detection_tpr", "detection_fpr"], "plot_detection")
     defenses = ordered_defenses(summaries["defense"])
@@ -247,7 +254,13 @@ def plot_detection(summaries: pd.DataFrame, title: str) -> Figure:
     axes[1].set_ylabel("FPR (% of honest updates)")
     for ax in axes:
         ax.set_ylim(0, 105)
+        ax.yaxis.set_major_locator(MultipleLocator(20))  # both panels show 0, 20, ..., 100
     handles, labels = axes[1].get_legend_handles_labels()
+    rates = summaries[["detection_tpr", "detection_fpr"]].apply(pd.to_numeric, errors="coerce")
+    for k, d in enumerate(defenses):
+        mine = rates[summaries["defense"] == d].to_numpy(dtype=float)
+        if np.isfinite(mine).any() and np.nanmax(mine) == 0:
+            labels[k] = f"{labels[k]} (rejects no one)"
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), frameon=False)
     fig.suptitle(f"{title}: detection quality over all rounds")
     fig.tight_layout(rect=(0, 0.1, 1, 1))

@@ -1,20 +1,29 @@
 """The committed reference results (``results/reference/<profile>``) and the journal's Table 3 beside them.
 
-The ``medium`` profile's reference runs (issue 11) live in the repository under
-``results/reference/medium`` (:func:`reference_dir`): each run's ``config.json``, ``metrics.csv``,
-``timings.csv`` and ``summary.json``, the gradient captures the notebooks draw from, the figures
-and tables the notebooks write, and the executed notebooks. ``make reproduce PROFILE=medium``
-uses that folder as its results store, so every run is read back, not recomputed.
+The ``medium`` profile's reference runs live in the repository under ``results/reference/medium``
+(:func:`reference_dir`): each run's ``config.json``, ``metrics.csv``, ``timings.csv`` and
+``summary.json``, the gradient captures the notebooks draw from, the figures and tables the
+notebooks write, and the executed notebooks.
+
+Reading them never writes there. ``make reproduce PROFILE=medium`` (and a notebook opened at
+``medium``) works in ``results/medium`` (:func:`default_results_dir`), a git-ignored store that
+:func:`results_store` first fills with copies of the committed runs and captures it lacks, so every
+run is read back, not recomputed, and the committed files stay as they are. Only an explicit
+refresh (``--refresh-reference``) uses the committed folder itself as the store.
 
 :func:`table3` puts our Src-Acc, ASR and All-Acc beside the paper's Table 3 cell (PAPER.md
 section 5) with their difference in points; :func:`shape_checks` tests the qualitative shape the
 paper's results must keep at 40 % attackers (issue 11, section 3); :func:`write_table3` writes
 ``table3.csv`` and ``table3.md`` (with a written reason for every cell more than 10 points from the
 paper's, from :data:`TABLE3_REASONS`).
+
+"Issue 11" below is the project's tracker entry that set up the medium profile: its section 3 lists
+the shape checks that :func:`shape_checks` implements.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +32,7 @@ import pandas as pd
 
 from flhelpers.studies.paper import PAPER_TABLE3, TABLE3_BENCHMARKS, TABLE3_DEFENSES, cell_mean, select_cell
 from flhelpers.studies.tables import to_markdown
-from flhelpers.results import atomic_write_text, load_results
+from flhelpers.results import atomic_write_text, is_finished, load_results
 
 #: profiles whose reference results are committed
 REFERENCE_PROFILES = ("medium",)
@@ -114,9 +123,84 @@ def reference_dir(profile: str) -> Path:
     return repository_root() / "results" / "reference" / profile
 
 
+def results_root() -> Path:
+    """The project's ``results`` folder: ``<repository>/results`` for a checkout (editable
+    install), else ``./results`` of the working directory, as an absolute path.
+
+    Absolute, so that a notebook whose kernel runs in ``notebooks/`` (``make lab``) writes where
+    ``make reproduce`` does, not into ``notebooks/results``.
+    """
+    root = repository_root()
+    if (root / "pyproject.toml").is_file():
+        return root / "results"
+    return Path("results").resolve()
+
+
 def default_results_dir(profile: str) -> Path:
-    """Where a profile's runs go by default: the reference store for ``medium``, else ``results``."""
-    return reference_dir(profile) if profile in REFERENCE_PROFILES else Path("results")
+    """Where a profile's runs, figures and tables go by default (absolute): ``results/<profile>``
+    for a profile with committed reference results (``results/medium``, a working copy that
+    :func:`results_store` seeds from ``results/reference/medium``), else ``results``."""
+    return results_root() / profile if profile in REFERENCE_PROFILES else results_root()
+
+
+def seed_from_reference(store: str | Path, profile: str) -> int:
+    """Copy into ``store`` the committed finished runs and gradient captures of ``profile`` that
+    it lacks (a run or capture already there is kept as it is); return how many were copied.
+
+    Nothing is copied when ``store`` is the committed folder itself or the profile has none.
+    """
+    if profile not in REFERENCE_PROFILES:
+        return 0
+    source, store = reference_dir(profile), Path(store).resolve()
+    if not source.is_dir() or store == source.resolve():
+        return 0
+    copied = 0
+    for kind in ("runs", "captures"):
+        folder = source / kind
+        for item in sorted(folder.iterdir()) if folder.is_dir() else []:
+            target = store / kind / item.name
+            if target.exists() or not item.is_dir() or (kind == "runs" and not is_finished(item)):
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(item, target, ignore=shutil.ignore_patterns("checkpoint.pt", "*.tmp", "*.lock"))
+            copied += 1
+    return copied
+
+
+def results_store(results_dir: str | Path | None, profile: str, force: bool = False) -> str:
+    """The results store a notebook or ``reproduce`` uses, as an absolute path.
+
+    ``results_dir`` when given, else :func:`default_results_dir`. At a profile with committed
+    reference results the store is first seeded with them (:func:`seed_from_reference`), unless
+    ``force`` (everything is recomputed anyway), so their runs are read back, not computed.
+    """
+    store = Path(results_dir).expanduser().resolve() if results_dir else default_results_dir(profile)
+    if not force:
+        seed_from_reference(store, profile)
+    return str(store)
+
+
+def table3_folders(profile: str, results_dir: str | Path | None = None,
+                   refresh_reference: bool = False) -> tuple[Path, Path]:
+    """``(runs read from, tables written to)`` for ``python -m flhelpers table3``.
+
+    ``results_dir`` is both; else, at a committed profile, the committed runs are read and the
+    tables go to :func:`default_results_dir` (``results/medium``), or into the committed folder
+    itself with ``refresh_reference``; at another profile both are ``results``.
+
+    Raises:
+        ValueError: ``refresh_reference`` with ``results_dir``, or at a profile with no committed results.
+    """
+    if refresh_reference:
+        if results_dir is not None:
+            raise ValueError("--refresh-reference writes into the committed store: leave out --results-dir.")
+        folder = reference_dir(profile)
+        return folder, folder
+    if results_dir is not None:
+        return Path(results_dir), Path(results_dir)
+    if profile in REFERENCE_PROFILES:
+        return reference_dir(profile), default_results_dir(profile)
+    return results_root(), results_root()
 
 
 def table3(summaries: pd.DataFrame, ratio: float = 0.4) -> pd.DataFrame:
@@ -345,28 +429,31 @@ def run_times(results_dir: str | Path, profile: str = "medium") -> pd.DataFrame:
     return out.reset_index()
 
 
-def write_table3(results_dir: str | Path, profile: str = "medium") -> pd.DataFrame:
-    """Write ``table3.csv`` and ``table3.md`` (and ``shape_checks.csv``) into ``results_dir`` from
-    the finished runs of its store; return the Table 3 frame."""
+def write_table3(results_dir: str | Path, profile: str = "medium", out_dir: str | Path | None = None) -> pd.DataFrame:
+    """Write ``table3.csv``, ``table3.md``, ``shape_checks.csv`` and ``readme_tables.md`` from the
+    finished runs of the store ``results_dir`` into ``out_dir`` (default ``results_dir``); return
+    the Table 3 frame."""
     results_dir = Path(results_dir)
+    out = Path(out_dir) if out_dir is not None else results_dir
     summaries = load_results(results_dir)
     if len(summaries) and "profile" in summaries:
         summaries = summaries[summaries["profile"] == profile]
     t3 = table3(summaries)
     checks = shape_checks(summaries)
-    atomic_write_text(results_dir / "table3.csv", t3.to_csv(index=False, float_format="%.2f"))
-    atomic_write_text(results_dir / "shape_checks.csv", checks.to_csv(index=False))
+    atomic_write_text(out / "table3.csv", t3.to_csv(index=False, float_format="%.2f"))
+    atomic_write_text(out / "shape_checks.csv", checks.to_csv(index=False))
     times = run_times(results_dir, profile)
     text = table3_markdown(t3, checks, profile, other_runs(summaries))
     text += ("\n## Time per run on this machine (minutes: training + aggregation + evaluation)\n\n"
              "One torch thread per run, two runs side by side on 2 CPU cores shared with other work, so the "
              "figures are upper bounds.\n\n"
              + (to_markdown(times.set_index("benchmark"), 1) if len(times) else "No runs yet.\n"))
-    atomic_write_text(results_dir / "table3.md", text)
-    atomic_write_text(results_dir / "readme_tables.md", readme_tables(t3, checks))
+    atomic_write_text(out / "table3.md", text)
+    atomic_write_text(out / "readme_tables.md", readme_tables(t3, checks))
     return t3
 
 
 __all__ = ["PAPER_ALL_ACC_40", "REFERENCE_PROFILES", "TABLE3_REASONS", "README_MARKERS", "default_results_dir",
-           "readme_tables", "reference_dir", "repository_root", "run_times", "shape_checks", "table3", "table3_markdown",
-           "update_readme", "write_table3"]
+           "readme_tables", "reference_dir", "repository_root", "results_root", "results_store", "run_times",
+           "seed_from_reference", "shape_checks", "table3", "table3_folders", "table3_markdown", "update_readme",
+           "write_table3"]

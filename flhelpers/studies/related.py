@@ -166,12 +166,12 @@ def _label(defense: str, kwargs: dict[str, Any]) -> str:
 
 
 def run_tables(configs: list[ExperimentConfig], data_root: str | Path | None = None,
-               results_dir: str | Path = "results", progress: bool = True) -> pd.DataFrame:
-    """Run (or read back) every configuration with :func:`flhelpers.fl.grid.run_grid`, then
-    return :func:`run_table` of them."""
+               results_dir: str | Path = "results", progress: bool = True, workers: int = 1) -> pd.DataFrame:
+    """Run (or read back) every configuration with :func:`flhelpers.fl.grid.run_grid` (in
+    ``workers`` processes, one torch thread each), then return :func:`run_table` of them."""
     from flhelpers.fl.grid import run_grid
 
-    run_grid(configs, data_root=data_root, results_dir=results_dir, progress=progress)
+    run_grid(configs, data_root=data_root, results_dir=results_dir, progress=progress, workers=workers)
     return run_table(configs, results_dir)
 
 

@@ -1,0 +1,122 @@
+"""Reading the committed reference results (``results/reference/medium``) end to end.
+
+The README's medium redraw (``python -m flhelpers reproduce --profile medium``) and
+``python -m flhelpers table3`` must finish on the committed store, and without the explicit
+``--refresh-reference`` flag they must not write into it (``git status`` stays clean).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import flhelpers.studies.reference as reference
+from flhelpers.cli import main
+from flhelpers.reproduce import NOTEBOOKS
+from flhelpers.results import is_finished
+
+REFERENCE = reference.reference_dir("medium")
+
+
+def _copy_store(target: Path) -> Path:
+    """A copy of the committed medium store (its runs, captures and the files the notebooks draw)."""
+    shutil.copytree(REFERENCE, target, ignore=shutil.ignore_patterns("foolsgold-long", "lfighter-*"))
+    return target
+
+
+def _state(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its inode and modification time: a rewrite changes one."""
+    return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def fake_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A repository root whose ``results/reference/medium`` is a copy of the committed store."""
+    root = tmp_path / "repo"
+    _copy_store(root / "results" / "reference" / "medium")
+    (root / "pyproject.toml").write_text("[project]\nname = 'flhelpers'\n")
+    monkeypatch.setattr(reference, "repository_root", lambda: root)
+    return root
+
+
+@pytest.mark.slow
+def test_readme_medium_redraw_finishes_on_a_copy_of_the_committed_store(tmp_path: Path, data_root: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """``python -m flhelpers reproduce --profile medium`` on a copy of the store: the notebooks
+    redraw from the committed runs (none computed) and Table 3 is written, its MNIST-iid and
+    MNIST-Extreme section included.
+
+    CIFAR10 is left out (``--notebooks MNIST IMDB``): the medium CIFAR10 preset has just changed
+    (25 rounds on all 50,000 images) and its committed runs are being recomputed, so today its
+    notebook would compute them (hours). Add it back once they are committed.
+    """
+    store = _copy_store(tmp_path / "medium")
+    runs_before = sorted(p.name for p in (store / "runs").iterdir())
+    notebooks = [n for n in NOTEBOOKS if n != "CIFAR10"]
+    rc = main(["reproduce", "--profile", "medium", "--notebooks", *notebooks, "--results-dir", str(store),
+               "--data-root", str(data_root)])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (store / "runs").iterdir()) == runs_before  # nothing computed
+    for name in notebooks:
+        text = (store / "notebooks" / f"{name}.ipynb").read_text()
+        assert "0 computed" in text and '"output_type": "error"' not in text, name
+    t3 = pd.read_csv(store / "table3.csv")
+    committed = pd.read_csv(REFERENCE / "table3.csv")
+    done = t3["benchmark"] != "cifar10-mild"
+    assert list(t3.loc[done, "runs"]) == list(committed.loc[done, "runs"]) and t3["runs"].sum() > 0
+    md = (store / "table3.md").read_text()
+    assert "## MNIST-iid and MNIST-Extreme" in md  # the section other_runs writes
+    assert "**mnist-extreme**" in md and "**mnist-iid**" in md
+
+
+def test_table3_command_reads_the_committed_runs_without_writing_there(fake_repository: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    committed = fake_repository / "results" / "reference" / "medium"
+    before = _state(committed)
+    assert main(["table3"]) == 0
+    assert _state(committed) == before
+    out = fake_repository / "results" / "medium"
+    assert (out / "table3.md").read_text() == (REFERENCE / "table3.md").read_text()
+    assert (out / "readme_tables.md").read_text() == (REFERENCE / "readme_tables.md").read_text()
+    assert f"{out / 'table3.md'}" in capsys.readouterr().out
+
+
+def test_table3_refresh_flag_writes_into_the_committed_store(fake_repository: Path) -> None:
+    committed = fake_repository / "results" / "reference" / "medium"
+    (committed / "table3.md").unlink()
+    assert main(["table3", "--refresh-reference"]) == 0
+    assert (committed / "table3.md").read_text() == (REFERENCE / "table3.md").read_text()
+    assert not (fake_repository / "results" / "medium").exists()
+
+
+@pytest.mark.slow
+def test_medium_reproduce_leaves_the_committed_store_untouched(fake_repository: Path, data_root: Path) -> None:
+    """The default medium redraw reads the committed runs and writes into ``results/medium``."""
+    committed = fake_repository / "results" / "reference" / "medium"
+    before = _state(committed)
+    from flhelpers.reproduce import reproduce
+
+    assert reproduce("medium", ["IMDB"], data_root=data_root) == 0
+    assert _state(committed) == before
+    out = fake_repository / "results" / "medium"
+    executed = json.loads((out / "notebooks" / "IMDB.ipynb").read_text())
+    outputs = json.dumps([c.get("outputs", []) for c in executed["cells"]])
+    assert "0 computed" in outputs and '"error"' not in outputs
+    assert (out / "table3.md").is_file() and (out / "figures" / "imdb" / "robustness.png").is_file()
+    finished = sorted(p.name for p in (committed / "runs").iterdir() if is_finished(p))
+    assert sorted(os.listdir(out / "runs")) == finished  # the committed finished runs, copied
+
+
+def test_reproduce_refuses_refresh_with_another_results_dir(tmp_path: Path) -> None:
+    from flhelpers.reproduce import reproduce
+
+    with pytest.raises(ValueError, match="--refresh-reference"):
+        reproduce("medium", results_dir=tmp_path, refresh_reference=True)
+    with pytest.raises(ValueError, match="medium"):
+        reproduce("quick", results_dir=None, refresh_reference=True)
