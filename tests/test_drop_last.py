@@ -42,7 +42,7 @@ def test_the_paper_profile_drops_the_last_batch_everywhere():
 def test_drop_last_at_its_legacy_value_keeps_the_run_id_and_otherwise_changes_it():
     cfg = benchmark_config("mnist-mild", "medium", defense="fedavg", attacker_ratio=0.0)
     assert LEGACY_VALUES["drop_last"] is False and cfg.drop_last is False
-    legacy = {k: v for k, v in cfg.to_dict().items() if k != "drop_last"}
+    legacy = {k: v for k, v in cfg.to_dict().items() if k not in LEGACY_VALUES}
     import hashlib
 
     from flhelpers.config import RESULTS_VERSION
