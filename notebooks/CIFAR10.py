@@ -5,7 +5,7 @@
 # in Federated Learning* (LFighter, Jebreel et al.). Model: ResNet18 (about 11.2M parameters). Attack: dog (5) flipped to cat (3);
 # each attacker flips **all** its source-class labels and otherwise trains honestly.
 #
-# **Scale.** ResNet18 is costly on a CPU. The `quick` profile trains 10 peers on a 2,000-image subset for 4 rounds of one local epoch and runs a small grid (plan table below): the model barely leaves its random start (about 20-25 % accuracy), so its accuracies are far below the paper's and mostly noise; the gradient analyses (sections 1-3) are the meaningful part at this scale. `profile="paper"` runs the paper's setting (20 peers, 100 rounds, 3 epochs; the offline data mirror holds only the first 10,000 CIFAR10 training images): a GPU is advised.
+# **Scale.** ResNet18 is costly on a CPU. The `quick` profile trains 10 peers on a 2,000-image subset for 4 rounds of one local epoch and runs a small grid (plan table below): the model barely leaves its random start (about 20-25 % accuracy), so its accuracies are far below the paper's and mostly noise; the gradient analyses (sections 1-3) are the meaningful part at this scale. `profile="medium"` is the paper's structure (20 peers over all 50,000 training images, Dirichlet 1, batch 32, SGD lr 0.01, momentum 0.9, weight decay 5e-4) for 25 rounds of 1 local epoch, about an hour a run on one CPU thread. `profile="paper"` runs the paper's setting (100 rounds of 3 epochs): a GPU is advised. Every CIFAR10 profile drops the last incomplete batch of each local epoch (`drop_last`, as the authors' code does): trained on, that batch of 1-31 images through BatchNorm made whole rounds collapse to one class (`results/reference/medium/last-batch/summary.md`).
 #
 # Headless: `make reproduce` (all notebooks, `quick`), `make reproduce PROFILE=medium` (the paper's
 # structure with fewer rounds, drawn from the committed reference runs in `results/reference/medium/`)
@@ -201,6 +201,22 @@ for b in BENCHMARKS:
 for b in BENCHMARKS:
     fig = plots.plot_detection(summaries[summaries["benchmark"] == b], TITLES[b])
     plots.show(fig, results_dir, b, "detection")
+
+# %% [markdown]
+# ## 8. LFighter's per-round record (beyond the paper)
+#
+# For the LFighter runs whose per-round record is in the store (`records/<run-id>.csv`, written by
+# `tools/run_reference.py` for the committed `medium` runs): in how many rounds the source (dog) and
+# target (cat) neurons were the two largest by summed gradient magnitude, in how many Procedure 1
+# clustered on exactly that pair, the rounds it clustered on other neurons, and the detection rates of
+# the aggregator and of an oracle given the true pair. **Look for:** once the model has learnt the
+# classes, dog and cat lead, and the oracle's TPR shows whether the flippers are separable at all.
+
+# %%
+from flhelpers.studies.lfighter_record import records_table
+
+lfighter_records = records_table(results_dir, [c for configs in plan.values() for c in configs])
+lfighter_records if len(lfighter_records) else Markdown("No LFighter run with a per-round record in this store.")
 
 # %% [markdown]
 # ## This project vs the paper

@@ -193,3 +193,23 @@ def test_a_table3_row_never_mixes_drop_last_or_training_sets():
     old_and_new = rows.assign(train_samples=[50000, 10000, 40000])
     with pytest.raises(ValueError, match="mix train_samples"):
         training_set(old_and_new, "cifar10-mild")
+
+
+def test_seeding_a_store_copies_finished_runs_and_their_records_only(tmp_path, monkeypatch):
+    from flhelpers.studies import reference as ref
+
+    committed, store = tmp_path / "committed", tmp_path / "store"
+    for rid, done in (("aaaa", True), ("bbbb", False)):
+        (committed / "runs" / rid).mkdir(parents=True)
+        (committed / "runs" / rid / "config.json").write_text("{}")
+        (committed / "runs" / rid / "checkpoint.pt").write_text("x")
+        if done:
+            (committed / "runs" / rid / "summary.json").write_text("{}")
+        (committed / "records").mkdir(exist_ok=True)
+        (committed / "records" / f"{rid}.csv").write_text("round\n0\n")
+    monkeypatch.setattr(ref, "reference_dir", lambda profile: committed)
+    assert ref.seed_from_reference(store, "medium") == 2  # the finished run and its record
+    assert sorted(p.name for p in (store / "runs").iterdir()) == ["aaaa"]
+    assert not (store / "runs" / "aaaa" / "checkpoint.pt").exists()
+    assert sorted(p.name for p in (store / "records").iterdir()) == ["aaaa.csv"]
+    assert ref.seed_from_reference(store, "medium") == 0  # nothing new: what is there is kept

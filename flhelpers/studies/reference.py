@@ -144,8 +144,8 @@ def default_results_dir(profile: str) -> Path:
 
 
 def seed_from_reference(store: str | Path, profile: str) -> int:
-    """Copy into ``store`` the committed finished runs and gradient captures of ``profile`` that
-    it lacks (a run or capture already there is kept as it is); return how many were copied.
+    """Copy into ``store`` the committed finished runs, their LFighter records and the gradient
+    captures of ``profile`` that it lacks (a run or capture already there is kept as it is); return how many were copied.
 
     Nothing is copied when ``store`` is the committed folder itself or the profile has none.
     """
@@ -164,6 +164,14 @@ def seed_from_reference(store: str | Path, profile: str) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(item, target, ignore=shutil.ignore_patterns("checkpoint.pt", "*.tmp", "*.lock"))
             copied += 1
+    # LFighter's per-round records (records/<run-id>.csv) of the finished runs
+    for item in sorted((source / "records").glob("*.csv")) if (source / "records").is_dir() else []:
+        target = store / "records" / item.name
+        if target.exists() or not is_finished(source / "runs" / item.stem):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(item, target)
+        copied += 1
     return copied
 
 
