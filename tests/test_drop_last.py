@@ -102,7 +102,9 @@ def test_batchnorm_check_only_refuses_batches_of_one():
     bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     plain = nn.Linear(3, 4)
     cfg = ExperimentConfig(batch_size=8, model="m")
-    check_batchnorm_batches(cfg, bn, np.array([16, 10, 23]))  # remainders 0, 2, 7: fine
+    check_batchnorm_batches(cfg, bn, np.array([16, 24]))  # remainders 0: fine
+    with pytest.warns(RuntimeWarning, match=r"batch of 2-7 samples.*consider drop_last=True"):
+        check_batchnorm_batches(cfg, bn, np.array([16, 10, 23]))  # remainders 0, 2, 7: trains, warned
     check_batchnorm_batches(cfg, plain, np.array([17]))  # no BatchNorm: a batch of one trains
     check_batchnorm_batches(cfg.replace(drop_last=True), bn, np.array([17]))  # dropped
     with pytest.raises(ConfigError, match=r"peer 1 \(17 samples\)"):

@@ -112,6 +112,35 @@ def bn_var_range(model: nn.Module) -> tuple[float, float]:
     return float(v.min()), float(v.max())
 
 
+def reading(frame: pd.DataFrame, peers: pd.DataFrame) -> str:
+    """What the table shows, with its numbers: which variant reproduces the collapsed rounds."""
+    loss = frame.pivot(index="round", columns="variant", values="test_loss")
+    fmt = lambda col: " / ".join(f"{v:.3g}" for v in loss[col])  # noqa: E731
+    own = peers[peers.variant == "short batch"].sort_values("local_test_loss")
+    worst, rest = own.tail(3), own.iloc[:-3]["local_test_loss"]
+    return ("\n## What it shows\n\n"
+            f"Test loss in rounds {', '.join(map(str, loss.index))}: `short batch` (the run) {fmt('short batch')}; "
+            f"`short step, old stats` {fmt('short step, old stats')}; `stats only` {fmt('stats only')}; "
+            f"`drop_last` {fmt('drop_last')}; `short batch, recalibrated` {fmt('short batch, recalibrated')}.\n\n"
+            "* **The short batch's SGD step is the mechanism.** Taking that step with BatchNorm's running "
+            "statistics put back reproduces every collapsed round; letting the short batch move the "
+            "statistics without taking its step does not, and neither does dropping it.\n"
+            "* **A tiny batch wrecks its peer's model.** The peers whose last batch holds "
+            f"{', '.join(str(int(n)) for n in worst['short_batch'])} images end round 0 with local test losses of "
+            f"{', '.join(f'{v:.2g}' for v in worst['local_test_loss'])} (the others {rest.min():.0f}-{rest.max():.0f}): "
+            "BatchNorm normalises "
+            "such a batch by the statistics of two images, and the step it takes is huge; the sample-weighted "
+            "average carries it into the global model.\n"
+            "* **The averaged weights are not lost, their statistics are.** Recomputing the averaged model's "
+            "BatchNorm statistics on training images (weights untouched) brings every collapsed round back to "
+            "a normal loss: after the step the running averages no longer describe the model's activations "
+            "(largest recalibrated variance "
+            f"{frame[frame.variant == 'short batch, recalibrated']['bn_var_max'].max():.0f} against at most "
+            f"{frame[frame.variant == 'short batch']['bn_var_max'].max():.0f} stored).\n"
+            "* So `drop_last` (the authors' `DataLoader(..., drop_last=True)`) is the fix, and every CIFAR10 "
+            "profile uses it; a batch of one, which BatchNorm cannot train on at all, is refused before training.\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
@@ -186,6 +215,7 @@ def main() -> None:
             + "\n\nPer peer, round 0 (`peers.csv`): the short batch's size and the local model's test loss "
               "(1,000 test images, evaluation mode) with the short batch's statistics (`short batch`) and "
               "without them (`short step, old stats`):\n\n" + to_markdown(wide, digits=3) + "\n")
+    text += reading(frame, peers)
     (out / "summary.md").write_text(text)
     print(text)
 

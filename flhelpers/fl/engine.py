@@ -216,7 +216,15 @@ def check_batchnorm_batches(cfg: ExperimentConfig, model: torch.nn.Module, sizes
                           f"at least 2 samples a batch; use batch_size >= 2.")
     if cfg.drop_last:
         return
-    ones = [int(k) for k in np.flatnonzero(np.asarray(sizes) % cfg.batch_size == 1)]
+    rest = np.asarray(sizes) % cfg.batch_size
+    tiny = [int(k) for k in np.flatnonzero((rest > 1) & (rest < min(8, cfg.batch_size)))]
+    if tiny:
+        warnings.warn(f"{len(tiny)} peer(s) end every local epoch on a batch of {int(rest[tiny].min())}-"
+                      f"{int(rest[tiny].max())} samples through {cfg.model!r}'s BatchNorm (drop_last=False); "
+                      f"such steps made whole CIFAR10 rounds collapse to one class "
+                      f"(results/reference/medium/last-batch/summary.md): consider drop_last=True.",
+                      RuntimeWarning, stacklevel=3)
+    ones = [int(k) for k in np.flatnonzero(rest == 1)]
     if ones:
         shown = ", ".join(f"peer {k} ({int(sizes[k])} samples)" for k in ones[:5])
         more = f" and {len(ones) - 5} more" if len(ones) > 5 else ""
