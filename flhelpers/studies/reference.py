@@ -44,10 +44,6 @@ PAPER_ALL_ACC_40: dict[str, dict[str, float]] = {"mnist": {"fedavg": 95.11, "lfi
 REASON_THRESHOLD = 10.0
 #: written reasons for cells more than 10 points from the paper's: (benchmark, defense) -> text;
 #: ``defense`` is ``fedavg-no-attack`` for FedAvg at 0 %
-_CIFAR_UNLEARNT = ("no rule can protect a class the model has not learnt: at 40 % attackers the source class "
-                   "(dog) is predicted for almost no test image in any round of any CIFAR10 run (Src-Acc 0 %; "
-                   "7.4 % without attack, where the model also rarely predicts it), because ResNet18 barely "
-                   "trains in 20 rounds of 1 epoch on 10,000 images (see the no-attack cell).")
 TABLE3_REASONS: dict[tuple[str, str], str] = {
     ("mnist-mild", "fedavg"): (
         "still converging at 40 rounds of 1 epoch: FedAvg's Src-Acc at 40 % climbs 35.7 / 59.8 / 73.6 / 79.1 % "
@@ -72,41 +68,6 @@ TABLE3_REASONS: dict[tuple[str, str], str] = {
         "length at this structure; our FoolsGold follows Fung et al. (cosine similarity of the peers' summed "
         "update histories, pardoning, logit weights), and what in the authors' runs made it collapse is not "
         "established."),
-    ("cifar10-mild", "fedavg-no-attack"): (
-        "ResNet18 barely learns in the medium budget: 20 rounds of 1 epoch on the 10,000 training images of "
-        "the data root (one of CIFAR-10's five training batches; the paper trains 100 rounds of 3 epochs on "
-        "50,000). FedAvg's All-Acc reaches 31 % at round 20, and in rounds 1, 3, 7 and 11 the averaged model "
-        "predicts a single class (10 %, test loss 93-144); the last-10 mean is 23 %. The CIFAR10 row at this "
-        "budget shows the direction of the attack and the defenses, not the paper's levels."),
-    ("cifar10-mild", "fedavg"): (
-        "the model is at 10-33 % accuracy throughout the 20 rounds and never predicts the source class "
-        "(Src-Acc 0 % in every round; 7.4 % without attack), so the comparison with the paper's 24.2 % "
-        "after 100 rounds of 3 epochs on five times the data says nothing yet."),
-    ("cifar10-mild", "median"): _CIFAR_UNLEARNT + (
-        " The median damps the spikes of the averaged model (All-Acc climbs steadily to 40 % at round 20, "
-        "against FedAvg's 10-34 %), but 40 % flippers still move dogs to cat (ASR 49 %, paper 54 %)."),
-    ("cifar10-mild", "trimmed-mean"): _CIFAR_UNLEARNT + (
-        " Like the median it trains more steadily than FedAvg (All-Acc climbs to 41 % at round 20), and the "
-        "flippers still move dogs to cat (ASR 46 %, paper 55.6 %)."),
-    ("cifar10-mild", "multi-krum"): _CIFAR_UNLEARNT + (
-        " Multi-Krum is the steadiest rule here (All-Acc 45 % at round 20, the highest of the row) and the only "
-        "one whose Src-Acc leaves 0 (at most 1.8 %); ASR 50 % against the paper's 71.6 %, the direction the "
-        "paper shows (Multi-Krum keeps flippers, who agree with each other)."),
-    ("cifar10-mild", "foolsgold"): _CIFAR_UNLEARNT + (
-        " FoolsGold's ASR (42 %) is near the paper's 46 %; its Src-Acc cannot be compared."),
-    ("cifar10-mild", "lfighter"): (
-        "the flip leaves no trace in the output layer of a model that has not learnt the classes, so LFighter "
-        "cannot see it (training budget, not a detection defect). Recomputing the committed run's first 6 rounds "
-        "with LFighter's per-round record (`lfighter-cifar/summary.md`, `tools/lfighter_cifar_study.py`; the "
-        "recomputed metrics equal the committed ones exactly): the source neuron (dog) ranks 8th to 10th of the "
-        "10 by summed gradient magnitude in every round, so Procedure 1 clusters on cat and a neuron that changes "
-        "from round to round (6, 1, 9, 1, 0, 8), and rejects 4 % of the attackers and 26 % of the honest peers. "
-        "Given the true dog and cat neurons instead (an oracle), k-means still separates no attacker (TPR 0, "
-        "FPR 39 %): the model predicts dog for no image (Src-Acc 0 % in every round), so the flippers' dog "
-        "rows look like those of honest peers holding few dogs, and the clusters follow the Dirichlet split. On "
-        "MNIST, where a model learns the classes within the first local epoch, the two largest neurons are the "
-        "source and target (7, 1) in all 40 rounds of the FedAvg capture. The paper's 57 % comes from a model "
-        "at 73 % accuracy after 100 rounds of 3 epochs on 50,000 images."),
 }
 
 
@@ -373,7 +334,7 @@ def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medi
         for b in others["benchmark"].unique():
             part = others[others["benchmark"] == b].drop(columns="benchmark").set_index("defense")
             lines += [f"**{b}**. The paper: {PAPER_FIGURE_READINGS[b]}.", "", to_markdown(part, 1)]
-    lines += ["", "## The shape that must hold at 40 % (issue 11, section 3)", "",
+    lines += ["", "## The shape the paper's results must keep at 40 % attackers", "",
               to_markdown(checks.set_index("benchmark"), 1) if len(checks) else "No runs yet."]
     return "\n".join(lines) + "\n"
 
@@ -395,7 +356,7 @@ def readme_tables(t3: pd.DataFrame, checks: pd.DataFrame) -> str:
             lines.append(f"| {r.defense} | {ours(r.src_acc)} / {_fmt(r.src_acc_paper)} "
                          f"| {ours(r.asr)} / {_fmt(r.asr_paper)} | {_fmt(r.all_acc)} / {_fmt(r.all_acc_paper)} |")
         lines.append("")
-    lines += ["Where the paper's shape is checked (issue 11, section 3; `shape_checks.csv`):", "",
+    lines += ["Where the paper's shape is checked at 40 % attackers (`shape_checks.csv`):", "",
               to_markdown(checks.set_index("benchmark"), 1) if len(checks) else "No runs yet."]
     return "\n".join(lines).rstrip("\n") + "\n"
 
