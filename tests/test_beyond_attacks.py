@@ -290,3 +290,14 @@ def test_a_late_start_trains_honestly_before_r0(data_root, tmp_path):
     cols = ["test_loss", "accuracy", "source_accuracy", "attack_success_rate"]
     assert late.metrics[cols].iloc[0].tolist() == clean.metrics[cols].iloc[0].tolist()
     assert late.metrics[cols].iloc[0].tolist() != flip.metrics[cols].iloc[0].tolist()
+
+
+def test_a_resumed_run_of_a_round_dependent_attack_equals_the_uninterrupted_one(data_root, tmp_path):
+    cfg = benchmark_config("mnist-mild", "quick", attack="camouflage-flip",
+                           attack_kwargs={"lam": 0.5, "rate": 0.5}, **{**TINY, "rounds": 3})
+    whole = run_experiment(cfg, data_root=data_root, results_dir=tmp_path / "a", progress=False)
+    part = run_experiment(cfg, data_root=data_root, results_dir=tmp_path / "b", progress=False, stop_after=1)
+    assert part.extra["unfinished"]
+    resumed = run_experiment(cfg, data_root=data_root, results_dir=tmp_path / "b", progress=False)
+    assert resumed.extra["resumed_from"] == 1
+    assert (resumed.path / "metrics.csv").read_text() == (whole.path / "metrics.csv").read_text()

@@ -5,6 +5,14 @@ An attack may poison a peer's *data* before local training (label flipping) and/
 :meth:`Attack.poison_labels` on each attacker's labels and :meth:`Attack.poison_updates` on
 the stacked ``K x D`` updates of the round. :class:`ModelPoisoning` is the base of the attacks
 that replace or perturb the attackers' rows of that matrix (honest before ``start_round``).
+
+Three more hooks let an attack change what peers train on without touching any trainer (issue 20;
+:class:`~flhelpers.attacks.data_poisoning.DataPoisoning` uses them): :meth:`Attack.poison_data`
+once before training (new labels, new images appended to the data set), :meth:`Attack.round_peers`
+each round (which data each peer trains on, plus extra trainings), and :meth:`Attack.merge_round`
+(the rows sent, from the rows trained). The engine hands the trainer whatever ``round_peers``
+returns, so the sequential and the vectorized backends train the same data. Two more say which
+extra metrics a run has: :meth:`Attack.evaluation_pairs` and :meth:`Attack.stamp_trigger`.
 """
 
 from __future__ import annotations
