@@ -7,8 +7,9 @@
 # registered name of `flhelpers.attacks` (its module docstring gives its definition and source):
 #
 # * **partial flipping** (`partial-flip`, `q`): each attacker flips only a share `q` of its source-class samples;
-# * **two pairs at once** (`multi-pair-flip`): 7 -> 1 and 3 -> 8 carried by every attacker, which breaks
-#   Procedure 1's assumption that the two largest output neurons are the source and the target;
+# * **two pairs at once** (`multi-pair-flip`): 7 -> 1 and 3 -> 8 split among the attackers (half carry each;
+#   at `medium` also both carried by every attacker), which breaks Procedure 1's assumption that the two largest
+#   output neurons are the source and the target;
 # * **when to attack** (`timed-flip`): each round with probability `p`, or only from round `R0` on;
 # * **camouflage** (`camouflage-flip`, `lam`): the attacker also trains on its true labels and sends the
 #   clean update's output layer weighted `lam` (the flipped update elsewhere);

@@ -36,7 +36,7 @@ def test_medium_plan_has_every_rule_both_ratios_and_model_replacement():
     runs = beyond.planned_runs(plan)
     assert plan.ratios == (0.3, 0.4) and set(plan.flip_defenses) == set(beyond.ALL_DEFENSES)
     keys = collections.Counter(r.key for r in runs)
-    assert keys["boost"] == 14 and keys["flip"] == 14 and keys["lam=0.25"] == 1 and len(runs) == 117
+    assert keys["boost"] == 14 and keys["pairs-each"] == 14 and keys["lam=0.25"] == 1 and len(runs) == 131
     with pytest.raises(ValueError, match="Unknown profile"):
         beyond.beyond_plan("fast")
 
@@ -98,8 +98,8 @@ def test_verdicts_hold_within_ten_points_and_two_pairs_take_the_worse_pair():
     assert not v.loc[("pairs", "lfighter"), "holds"]
     assert v.loc[("backdoor", "lfighter"), "holds"] and not v.loc[("backdoor", "fedavg"), "holds"]
     closing = beyond.defense_attack_table(_rows(), _plan())
-    assert closing.loc["lfighter", "two pairs 7->1, 3->8"] == pytest.approx(40.0)
-    assert closing.loc["no attack (FedAvg)", "two pairs 7->1, 3->8"] == pytest.approx(90.0)
+    assert closing.loc["lfighter", "two pairs 7->1, 3->8 (split)"] == pytest.approx(40.0)
+    assert closing.loc["no attack (FedAvg)", "two pairs 7->1, 3->8 (split)"] == pytest.approx(90.0)
 
 
 def test_camouflage_curve_takes_lam_zero_from_the_flip_run():

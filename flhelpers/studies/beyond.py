@@ -69,20 +69,31 @@ class BeyondPlan:
     note: str = ""
 
 
-def study_attacks(rounds: int, boost: float | None = None) -> tuple[BeyondAttack, ...]:
-    """The attacks of the study for a run of ``rounds`` rounds (the late start is ``R0 = rounds // 3``)."""
+#: the several-pairs attack's pairs (the config's 7 -> 1 first)
+_PAIRS = {"pairs": [[7, 1], list(SECOND_PAIR)]}
+
+
+def study_attacks(rounds: int, boost: float | None = None, each_pairs: bool = False) -> tuple[BeyondAttack, ...]:
+    """The attacks of the study for a run of ``rounds`` rounds (the late start is ``R0 = rounds // 3``).
+
+    Two pairs are split among the attackers (half carry 7 -> 1, half 3 -> 8: the attackers of a pair
+    differ in other neurons than the other pair's, which Procedure 1's two neurons cannot both be);
+    ``each_pairs`` adds the variant where every attacker carries both pairs; ``boost`` adds the
+    backdoor with model replacement by that factor."""
     r0 = max(rounds // 3, 1)
     attacks = [
         BeyondAttack("flip", "flip (paper)", "label_flip"),
         BeyondAttack("partial", "partial, q = 0.5", "partial-flip", {"q": 0.5}),
-        BeyondAttack("pairs", "two pairs 7->1, 3->8", "multi-pair-flip",
-                     {"pairs": [[7, 1], list(SECOND_PAIR)], "spread": "each"}),
+        BeyondAttack("pairs", "two pairs 7->1, 3->8 (split)", "multi-pair-flip", {**_PAIRS, "spread": "split"}),
         BeyondAttack("rate", "each round with p = 0.5", "timed-flip", {"rate": 0.5}),
         BeyondAttack("late", f"from round R0 = {r0}", "timed-flip", {"start_round": r0}),
         BeyondAttack("camouflage", "camouflage, lam = 0.5", "camouflage-flip", {"lam": 0.5}),
         BeyondAttack("backdoor", "backdoor (BadNets, 4x4, f = 0.5)", "backdoor",
                      {"fraction": 0.5, "trigger_size": 4}),
     ]
+    if each_pairs:
+        attacks.insert(3, BeyondAttack("pairs-each", "two pairs 7->1, 3->8 (each)", "multi-pair-flip",
+                                       {**_PAIRS, "spread": "each"}))
     if boost is not None:
         attacks.append(BeyondAttack("boost", f"backdoor + replacement x{boost:g}", "backdoor",
                                     {"fraction": 0.5, "trigger_size": 4, "boost": float(boost)}))
@@ -100,7 +111,8 @@ def beyond_plan(profile: str = "quick") -> BeyondPlan:
                           "also Multi-Krum and FLAME against the backdoor; camouflage lam 0, 0.5, 1 against LFighter")
     if profile in ("medium", "paper"):
         rounds = benchmark_config("mnist-mild", profile).rounds
-        return BeyondPlan("mnist-mild", profile, study_attacks(rounds, boost=3.0), ALL_DEFENSES, ALL_DEFENSES,
+        return BeyondPlan("mnist-mild", profile, study_attacks(rounds, boost=3.0, each_pairs=True), ALL_DEFENSES,
+                          ALL_DEFENSES,
                           (0.3, 0.4), (0.0, 0.25, 0.5, 0.75, 1.0),
                           f"MNIST-Mild {profile}, 30 and 40 % attackers, every rule against every attack, "
                           f"camouflage lam 0-1 against LFighter at 40 %")
@@ -128,7 +140,9 @@ def planned_runs(plan: BeyondPlan, seeds: Sequence[int] = (0,), **overrides: Any
     by_key = {a.key: a for a in plan.attacks}
     runs: list[PlannedRun] = []
     for seed in seeds:
-        runs += [PlannedRun("clean-pairs", cfg(by_key["pairs"], "fedavg", 0.0, seed)),
+        # no attacker: the spread is irrelevant; "each" keeps the run id of the first quick runs
+        clean_pairs = BeyondAttack("clean-pairs", "", "multi-pair-flip", {**_PAIRS, "spread": "each"})
+        runs += [PlannedRun("clean-pairs", cfg(clean_pairs, "fedavg", 0.0, seed)),
                  PlannedRun("clean-backdoor", cfg(by_key["backdoor"], "fedavg", 0.0, seed))]
         for ratio in plan.ratios:
             for attack in plan.attacks:
@@ -398,7 +412,7 @@ def findings(rows: pd.DataFrame, plan: BeyondPlan, results_dir: str | Path, rati
                      "the TPR counts those rounds as misses, so about half of the attackers' rounds cannot be caught.")
         if a.key == "late":
             text += " Before R0 no one attacks, so the TPR counts those rounds as misses too."
-        if a.key == "pairs":
+        if a.attack == "multi-pair-flip":
             choices = neuron_choices(rows, results_dir, a.key, ratio)
             if len(choices):
                 shown = ", ".join(f"{pair} in {n} rounds" for pair, n in choices.items())
