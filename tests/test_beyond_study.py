@@ -18,7 +18,7 @@ def test_quick_plan_runs_every_attack_with_its_rules_and_two_clean_runs():
     runs = beyond.planned_runs(plan)
     keys = collections.Counter(r.key for r in runs)
     assert keys == {"flip": 3, "partial": 3, "pairs": 3, "rate": 3, "late": 3, "camouflage": 3, "backdoor": 5,
-                    "clean-pairs": 1, "clean-backdoor": 1, "lam=1": 1}
+                    "clean-pairs": 1, "clean-backdoor": 1, "lam=1": 1, "mend-flip": 1, "mend-pairs": 1}
     assert len({r.config.run_id() for r in runs}) == len(runs)
     for r in runs:
         validate_config(r.config)
@@ -27,6 +27,8 @@ def test_quick_plan_runs_every_attack_with_its_rules_and_two_clean_runs():
     assert all(c.attacker_ratio == 0 and c.defense == "fedavg" for c in clean)
     late = next(r.config for r in runs if r.key == "late")
     assert late.attack_kwargs == {"start_round": 5}  # R0 = 15 // 3
+    mended = [r.config for r in runs if r.key.startswith("mend-")]
+    assert all(c.defense == "lfighter" and c.defense_kwargs == {"passes": 2} for c in mended)
     assert {r.config.defense for r in runs if r.key == "backdoor"} == {"fedavg", "median", "multi-krum", "flame",
                                                                        "lfighter"}
 
@@ -36,7 +38,7 @@ def test_medium_plan_has_every_rule_both_ratios_and_model_replacement():
     runs = beyond.planned_runs(plan)
     assert plan.ratios == (0.3, 0.4) and set(plan.flip_defenses) == set(beyond.ALL_DEFENSES)
     keys = collections.Counter(r.key for r in runs)
-    assert keys["boost"] == 14 and keys["pairs-each"] == 14 and keys["lam=0.25"] == 1 and len(runs) == 131
+    assert keys["boost"] == 14 and keys["pairs-each"] == 14 and keys["lam=0.25"] == 1 and len(runs) == 133
     with pytest.raises(ValueError, match="Unknown profile"):
         beyond.beyond_plan("fast")
 
@@ -120,6 +122,18 @@ def test_findings_name_the_rules_that_hold_and_the_neurons_procedure_1_picked(tm
     assert "1 & 7 in 2 rounds, 3 & 8 in 1 rounds (of 3)" in pairs and "breaks: lfighter" in pairs
     assert "LFighter rejected 30% of the attackers' updates" in pairs
     assert beyond.write_findings(notes, tmp_path).read_text().count("**") == 2 * len(notes)
+
+
+def test_mend_table_sets_the_mended_rule_beside_the_papers():
+    rows = pd.concat([_rows(), pd.DataFrame([
+        dict(key="mend-pairs", defense="lfighter", attacker_ratio=0.4, source_accuracy_7_1=0.93,
+             attack_success_rate_7_1=0.01, source_accuracy_3_8=0.85, attack_success_rate_3_8=0.03, detection_tpr=0.8,
+             detection_fpr=0.15, aggregation_time_per_round=0.004)])], ignore_index=True)
+    table = beyond.mend_table(rows, _plan())
+    pairs = table.loc["two pairs 7->1, 3->8 (split)"]
+    assert pairs.loc["LFighter (paper)", "Src-Acc 3->8 (%)"] == pytest.approx(40.0)
+    assert pairs.loc["LFighter, 2 passes", "Src-Acc 3->8 (%)"] == pytest.approx(85.0)
+    assert pairs.loc["LFighter, 2 passes", "aggregation (ms/round)"] == pytest.approx(4.0)
 
 
 def test_figures_draw_from_the_tables():

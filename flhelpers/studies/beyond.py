@@ -37,6 +37,9 @@ from flhelpers.studies.lfighter_record import LFighterRecorder, read_record
 SECOND_PAIR = (3, 8)
 #: the rules the issue names, in the paper's order (FLAME from the journal version)
 ALL_DEFENSES = ("fedavg", "median", "trimmed-mean", "multi-krum", "foolsgold", "flame", "lfighter")
+#: the mended LFighter of section 3: Procedure 1 a second time on the peers it kept
+#: (:func:`flhelpers.defenses.lfighter.filter_mild_passes`); the paper's rule stays the default
+MEND_KWARGS = {"passes": 2}
 #: how far below the no-attack Src-Acc (or above the no-attack backdoor ASR) a rule may be and still "hold"
 HOLD_MARGIN = 0.10
 
@@ -67,6 +70,8 @@ class BeyondPlan:
     ratios: tuple[float, ...]
     lams: tuple[float, ...]
     note: str = ""
+    #: attacks also run against the mended LFighter (``passes=2``, section 3 of the issue)
+    mend_attacks: tuple[str, ...] = ("flip", "pairs")
 
 
 #: the several-pairs attack's pairs (the config's 7 -> 1 first)
@@ -152,6 +157,8 @@ def planned_runs(plan: BeyondPlan, seeds: Sequence[int] = (0,), **overrides: Any
         grid_lams = {0.0, float(by_key["camouflage"].kwargs["lam"])}
         runs += [PlannedRun(f"lam={lam:g}", cfg(by_key["camouflage"], "lfighter", top, seed, lam=float(lam)))
                  for lam in plan.lams if float(lam) not in grid_lams]
+        runs += [PlannedRun(f"mend-{key}", cfg(by_key[key], "lfighter", top, seed).replace(
+            defense_kwargs=dict(MEND_KWARGS))) for key in plan.mend_attacks]
     seen: set[str] = set()
     unique = []
     for run in runs:
@@ -417,6 +424,13 @@ def findings(rows: pd.DataFrame, plan: BeyondPlan, results_dir: str | Path, rati
             if len(choices):
                 shown = ", ".join(f"{pair} in {n} rounds" for pair, n in choices.items())
                 text += f" Procedure 1 clustered on neurons {shown} (of {int(choices.sum())})."
+        mended = [(m, h) for m, h in headline_metrics(a) if not np.isnan(_cell(rows, f"mend-{a.key}", "lfighter", ratio, m))]
+        if mended:
+            shown = ", ".join(f"{h} {100 * _cell(rows, a.key, 'lfighter', ratio, m):.1f} -> "
+                              f"{100 * _cell(rows, f'mend-{a.key}', 'lfighter', ratio, m):.1f} %" for m, h in mended)
+            fpr2 = _cell(rows, f"mend-{a.key}", "lfighter", ratio, "detection_fpr")
+            text += (f" LFighter with 2 passes (the option of section 5): {shown}; its FPR "
+                     f"{100 * fpr:.0f} -> {100 * fpr2:.0f} %.")
         if a.key == "camouflage":
             curve = camouflage_curve(rows, plan)
             shown = "; ".join(f"lam {lam:g}: ASR {r['ASR (%)']:.1f} %, TPR {r['TPR (%)']:.0f} %"
@@ -424,6 +438,27 @@ def findings(rows: pd.DataFrame, plan: BeyondPlan, results_dir: str | Path, rati
             text += f" Against LFighter as lam grows: {shown}."
         out.append(text)
     return out
+
+
+def mend_table(rows: pd.DataFrame, plan: BeyondPlan) -> pd.DataFrame:
+    """The paper's LFighter beside the mended one (:data:`MEND_KWARGS`) on the same attacks, at the
+    highest ratio: Src-Acc and ASR of each attacked pair, detection TPR/FPR (%), and the aggregation
+    time per round (ms), the mend's cost."""
+    top = max(plan.ratios)
+    by_key = {a.key: a for a in plan.attacks}
+    out = []
+    for key in plan.mend_attacks:
+        a = by_key[key]
+        metrics = [(m, h) for m, h in headline_metrics(a)]
+        for name, run_key in (("LFighter (paper)", key), ("LFighter, 2 passes", f"mend-{key}")):
+            row: dict[str, Any] = {"attack": a.label, "rule": name}
+            for metric, heading in metrics:
+                row[f"{heading} (%)"] = 100 * _cell(rows, run_key, "lfighter", top, metric)
+            row["TPR (%)"] = 100 * _cell(rows, run_key, "lfighter", top, "detection_tpr")
+            row["FPR (%)"] = 100 * _cell(rows, run_key, "lfighter", top, "detection_fpr")
+            row["aggregation (ms/round)"] = 1000 * _cell(rows, run_key, "lfighter", top, "aggregation_time_per_round")
+            out.append(row)
+    return pd.DataFrame(out).set_index(["attack", "rule"])
 
 
 def write_findings(notes: Sequence[str], results_dir: str | Path) -> Path:
@@ -471,7 +506,7 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["ALL_DEFENSES", "BeyondAttack", "BeyondPlan", "HOLD_MARGIN", "PlannedRun", "SECOND_PAIR", "attack_table",
+__all__ = ["ALL_DEFENSES", "MEND_KWARGS", "BeyondAttack", "mend_table", "BeyondPlan", "HOLD_MARGIN", "PlannedRun", "SECOND_PAIR", "attack_table",
            "beyond_plan", "camouflage_curve", "clean_value", "defense_attack_table", "findings", "headline_metrics",
            "holds", "lfighter_detection", "neuron_choices", "no_attack_row", "only_finished_runs", "planned_runs",
            "record_path", "run_beyond", "study_attacks", "verdicts", "write_findings"]
