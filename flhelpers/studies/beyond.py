@@ -414,6 +414,12 @@ def findings(rows: pd.DataFrame, plan: BeyondPlan, results_dir: str | Path, rati
         fpr = _cell(rows, a.key, "lfighter", ratio, "detection_fpr")
         if not lf.empty and not np.isnan(tpr):
             text += f" LFighter rejected {tpr:.0%} of the attackers' updates and {fpr:.0%} of the honest ones."
+        if a.is_backdoor:
+            rates = [(d, _cell(rows, a.key, d, ratio, "detection_tpr"), _cell(rows, a.key, d, ratio, "detection_fpr"))
+                     for d in v["defense"] if d not in ("fedavg", "median")]
+            shown = ", ".join(f"{d} {100 * t:.0f} / {100 * f:.0f} %" for d, t, f in rates if not np.isnan(t))
+            if shown:
+                text += f" Rejected attackers / honest peers (TPR / FPR): {shown}."
         if a.key == "rate":
             text += (" An attacker that sits a round out sends an honest update, which LFighter rightly keeps; "
                      "the TPR counts those rounds as misses, so about half of the attackers' rounds cannot be caught.")
