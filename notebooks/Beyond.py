@@ -18,8 +18,9 @@
 #   Its metric is the backdoor ASR: the share of triggered test images (not of class 1) predicted as 1.
 #
 # **Scale.** `quick` (the default, `make reproduce`): MNIST-Mild's quick preset (20 peers, 15 rounds, 8,000
-# images, one local epoch, lr 0.05), 40 % attackers, FedAvg, the median and LFighter against every flip, and also
-# Multi-Krum and FLAME against the backdoor: a few minutes on 2 CPU cores, and numbers to read as a sketch.
+# images, one local epoch, lr 0.05), 40 % attackers, FedAvg and LFighter against every flip (the median against the
+# paper's flip and two pairs), and FedAvg, the median, Multi-Krum, FLAME and LFighter against the backdoor: a few
+# minutes on 2 CPU cores, and numbers to read as a sketch.
 # `medium`: MNIST-Mild's medium preset (100 peers, 40 rounds), 30 % and 40 %, all seven rules of the issue; it
 # reads the runs committed under `results/reference/medium/` (`only_finished=True` draws those already there).
 # Compute them with `python -m flhelpers.studies.beyond --profile medium` (hours on 2 cores; finished runs are
@@ -66,7 +67,7 @@ results_dir = str(results_dir or default_results_dir(profile))
 only_finished = (profile == "medium") if only_finished is None else only_finished
 plan = beyond.beyond_plan(profile)
 if defenses is not None:
-    plan = dataclasses.replace(plan, flip_defenses=tuple(defenses), backdoor_defenses=tuple(defenses))
+    plan = dataclasses.replace(plan, flip_defenses=tuple(defenses), backdoor_defenses=tuple(defenses), extra_runs=())
 if attacker_ratios is not None:
     plan = dataclasses.replace(plan, ratios=tuple(attacker_ratios))
 overrides = dict(rounds=rounds, num_peers=peers, device=device, **config_overrides)
