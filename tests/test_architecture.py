@@ -106,7 +106,8 @@ def test_import_flhelpers_registers_every_built_in_name():
             "print(sorted(f.MODELS.names())); print(sorted(f.DATASETS.names()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     attacks, defenses, models, datasets = out.splitlines()
-    assert ast.literal_eval(attacks) == ["alie", "gaussian-noise", "ipm", "label-flip", "none"]
+    assert ast.literal_eval(attacks) == ["alie", "backdoor", "camouflage-flip", "gaussian-noise", "ipm", "label-flip",
+                                            "multi-pair-flip", "none", "partial-flip", "timed-flip"]
     assert ast.literal_eval(defenses) == ["dp", "fedavg", "ffl", "ffl-mixing", "flame", "foolsgold", "krum", "lfighter",
                               "median", "multi-krum", "repeated-median", "tolpegin", "trimmed-mean",
                               "user-elimination"]

@@ -6,6 +6,13 @@
   :mod:`~flhelpers.attacks.gaussian_noise`), ``ipm`` (Xie et al.'s inner-product manipulation,
   :mod:`~flhelpers.attacks.ipm`), ``alie`` (Baruch et al.'s "a little is enough",
   :mod:`~flhelpers.attacks.alie`);
+* data poisoning beyond the paper (issue 20, :mod:`~flhelpers.attacks.data_poisoning`: each
+  attacks a round with probability ``rate`` and from ``start_round`` on): ``timed-flip``
+  (:mod:`~flhelpers.attacks.timed_flip`), ``partial-flip`` (a share ``q`` of the source samples,
+  :mod:`~flhelpers.attacks.partial_flip`), ``multi-pair-flip`` (several pairs,
+  :mod:`~flhelpers.attacks.multi_pair`), ``camouflage-flip`` (an output layer blended with a
+  clean update, :mod:`~flhelpers.attacks.camouflage`), ``backdoor`` (BadNets with optional model
+  replacement, :mod:`~flhelpers.attacks.backdoor`);
 * ``none``: no attacker changes anything.
 
 :mod:`~flhelpers.attacks.base` holds :class:`Attack` (the two hooks the engine calls) and
@@ -16,6 +23,12 @@ a subclass of either, registered with :func:`flhelpers.register_attack`.
 from __future__ import annotations
 
 from flhelpers.attacks.alie import ALittleIsEnough, alie_z
+from flhelpers.attacks.backdoor import Backdoor
+from flhelpers.attacks.camouflage import CamouflageFlip
+from flhelpers.attacks.data_poisoning import DataPoisoning, data_poisoning_factory
+from flhelpers.attacks.multi_pair import MultiPairFlip
+from flhelpers.attacks.partial_flip import PartialFlip
+from flhelpers.attacks.timed_flip import TimedFlip
 from flhelpers.attacks.base import Attack, ModelPoisoning, NoAttack, honest_rows, model_poisoning_factory
 from flhelpers.attacks.gaussian_noise import GaussianNoise
 from flhelpers.attacks.ipm import InnerProductManipulation
@@ -37,11 +50,18 @@ def _none(**_) -> Attack:
 MODEL_POISONING_ATTACKS = {cls.name: model_poisoning_factory(cls)
                            for cls in (GaussianNoise, InnerProductManipulation, ALittleIsEnough)}
 
+#: the data-poisoning attacks of issue 20: name -> registry factory (called as above)
+DATA_POISONING_ATTACKS = {cls.name: data_poisoning_factory(cls)
+                          for cls in (TimedFlip, PartialFlip, MultiPairFlip, CamouflageFlip, Backdoor)}
+
 register_attack("label_flip", _label_flip)
+for _name, _factory in DATA_POISONING_ATTACKS.items():
+    register_attack(_name, _factory)
 register_attack("none", _none)
 for _name, _factory in MODEL_POISONING_ATTACKS.items():
     register_attack(_name, _factory)
 
-__all__ = ["ALittleIsEnough", "Attack", "GaussianNoise", "InnerProductManipulation", "LabelFlip",
+__all__ = ["ALittleIsEnough", "Attack", "Backdoor", "CamouflageFlip", "DATA_POISONING_ATTACKS", "DataPoisoning",
+           "GaussianNoise", "MultiPairFlip", "PartialFlip", "TimedFlip", "InnerProductManipulation", "LabelFlip",
            "MODEL_POISONING_ATTACKS", "ModelPoisoning", "NoAttack", "alie_z", "honest_rows", "num_attackers",
            "select_attackers"]

@@ -5,11 +5,20 @@ An attack may poison a peer's *data* before local training (label flipping) and/
 :meth:`Attack.poison_labels` on each attacker's labels and :meth:`Attack.poison_updates` on
 the stacked ``K x D`` updates of the round. :class:`ModelPoisoning` is the base of the attacks
 that replace or perturb the attackers' rows of that matrix (honest before ``start_round``).
+
+Three more hooks let an attack change what peers train on without touching any trainer (issue 20;
+:class:`~flhelpers.attacks.data_poisoning.DataPoisoning` uses them): :meth:`Attack.poison_data`
+once before training (new labels, new images appended to the data set), :meth:`Attack.round_peers`
+each round (which data each peer trains on, plus extra trainings), and :meth:`Attack.merge_round`
+(the rows sent, from the rows trained). The engine hands the trainer whatever ``round_peers``
+returns, so the sequential and the vectorized backends train the same data. Two more say which
+extra metrics a run has: :meth:`Attack.evaluation_pairs` and :meth:`Attack.stamp_trigger`.
 """
 
 from __future__ import annotations
 
 import inspect
+from typing import Any, Sequence
 
 import torch
 
@@ -35,6 +44,42 @@ class Attack:
         per round; ``layout`` tells where each tensor of the model lies in a row.
         """
         return updates
+
+    def poison_data(self, dataset: Any, peers: list[Any], attackers: Sequence[int],
+                    seed: int) -> tuple[Any, list[Any]]:
+        """Data poisoning once, before training: the data set and peers' data the run trains on.
+
+        ``peers`` are the engine's per-peer records (``indices`` into ``dataset.train_x``,
+        ``labels``, ``peer_id``), already passed through :meth:`poison_labels` for the
+        ``attackers``; ``seed`` is the run seed. The default changes nothing.
+        """
+        return dataset, peers
+
+    def round_peers(self, peers: list[Any], round: int) -> list[Any]:
+        """The data each peer of round ``round`` trains on, in ``peers`` order; entries after
+        the first ``len(peers)`` are extra trainings that :meth:`merge_round` consumes.
+        The default trains every peer on its data as :meth:`poison_data` left it."""
+        return peers
+
+    def merge_round(self, updates: torch.Tensor, buffers: torch.Tensor, peers: list[Any], round: int,
+                    layout: "ParamLayout | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``len(peers)`` rows the peers send, from the rows trained on :meth:`round_peers`.
+        The default returns them unchanged."""
+        return updates, buffers
+
+    def evaluation_pairs(self) -> tuple[tuple[int, int], ...]:
+        """Source -> target pairs whose Src-Acc and ASR each get a metrics column (none by default)."""
+        return ()
+
+    def stamp_trigger(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The images with this attack's backdoor trigger (``None``: the attack has no trigger,
+        so runs have no backdoor ASR)."""
+        return None
+
+    @property
+    def backdoor_target(self) -> int | None:
+        """The class a triggered image should be predicted as (``None`` without a trigger)."""
+        return None
 
     def state_dict(self) -> dict:
         return {}

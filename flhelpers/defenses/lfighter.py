@@ -193,6 +193,41 @@ def filter_mild(features: np.ndarray, seed: int = 0, n_init: int = 10) -> tuple[
     return bad, info
 
 
+def filter_mild_passes(rows: np.ndarray, passes: int, seed: int = 0,
+                       n_init: int = 10) -> tuple[np.ndarray, dict[str, Any]]:
+    """Procedure 1 repeated on the peers it kept (an option beyond the paper, issue 20).
+
+    Pass 1 is Procedure 1. Each further pass takes the two largest neurons of the summed
+    magnitudes over the peers kept so far, clusters those peers on them and drops the bad
+    cluster, so attackers flipping a second pair (whose neurons pass 1 did not look at) meet a
+    pass of their own. Peeling stops early when a pass's neurons are those of an earlier pass
+    (nothing new to look at), or when it would leave half of the peers or fewer (LFighter assumes
+    an honest majority). ``rows`` are the gradient rows ``(K, C, in+1)``; returns the bad mask and
+    ``info`` with ``source_target`` (pass 1's neurons, as Procedure 1 reports them) and, per pass
+    made, ``pass_neurons`` and ``pass_rejected``.
+    """
+    k = rows.shape[0]
+    bad = np.zeros(k, dtype=bool)
+    info: dict[str, Any] = {"pass_neurons": [], "pass_rejected": []}
+    for p in range(passes):
+        kept = np.flatnonzero(~bad)
+        pair = top_two(np.linalg.norm(rows[kept], axis=-1).sum(axis=0))
+        if any(set(pair.tolist()) == set(q) for q in info["pass_neurons"]):
+            info["stopped"] = f"pass {p + 1}: neurons {pair.tolist()} already clustered on"
+            break
+        found_bad, found = filter_mild(rows[kept][:, pair, :].reshape(len(kept), -1), seed=seed + p, n_init=n_init)
+        if p == 0:
+            info.update(found)
+            info["source_target"] = [int(i) for i in pair]
+        elif int((~found_bad).sum()) <= k / 2:
+            info["stopped"] = f"pass {p + 1}: would keep {int((~found_bad).sum())} of {k} peers"
+            break
+        bad[kept[found_bad]] = True
+        info["pass_neurons"].append([int(i) for i in pair])
+        info["pass_rejected"].append(int(found_bad.sum()))
+    return bad, info
+
+
 def extreme_features(rows: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Procedure 2's input: each peer's gradient rows of its own two largest neurons, *in place*.
 
@@ -308,6 +343,10 @@ class LFighter(Defense):
         min_samples: scikit-learn HDBSCAN's ``min_samples`` (the point itself included); 3 is
             the ``hdbscan`` package's default for ``min_cluster_size=2``; ``None`` is
             scikit-learn's own default (2).
+        passes: Procedure 1 passes (iid/mild, several output neurons): 1 is the paper's rule
+            (the default); more peel off attackers of further source -> target pairs
+            (:func:`filter_mild_passes`, issue 20), at the cost of one k-means a pass and of
+            honest peers rejected when no second pair is attacked.
 
     ``info`` holds ``distribution``, the potential ``source_target`` neurons (iid/mild) or each
     peer's ``peer_top_neurons`` (extreme), the cluster ``labels``, ``scores`` and
@@ -317,7 +356,10 @@ class LFighter(Defense):
     name = "lfighter"
 
     def __init__(self, distribution: Distribution = "auto", n_init: int = 10,
-                 extreme_features: str = "concat", min_samples: int | None = 3) -> None:
+                 extreme_features: str = "concat", min_samples: int | None = 3, passes: int = 1) -> None:
+        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+            raise ValueError(f"passes must be a positive integer (1: the paper's Procedure 1); got {passes!r}.")
+        self.passes = passes
         if extreme_features not in _EXTREME_FEATURES:
             raise ValueError(f"extreme_features must be one of {', '.join(map(repr, _EXTREME_FEATURES))}; "
                              f"got {extreme_features!r}.")
@@ -359,11 +401,16 @@ class LFighter(Defense):
             if c == 1:
                 features = rows_np[:, 0, :]
                 info["source_target"] = [0]
+            elif self.passes > 1:
+                features = None
             else:
                 pair = top_two(mags.sum(axis=0))
                 features = rows_np[:, pair, :].reshape(k, -1)
                 info["source_target"] = [int(i) for i in pair]
-            bad, found = filter_mild(features, seed=ctx.seed, n_init=self.n_init)
+            if features is None:
+                bad, found = filter_mild_passes(rows_np, self.passes, seed=ctx.seed, n_init=self.n_init)
+            else:
+                bad, found = filter_mild(features, seed=ctx.seed, n_init=self.n_init)
         else:
             pairs = top_two(mags)  # (K, 2)
             make = extreme_features if self.extreme_features == "in-place" else concat_features
@@ -379,4 +426,5 @@ class LFighter(Defense):
 
     def __repr__(self) -> str:
         return (f"LFighter(distribution={self.distribution!r}, n_init={self.n_init}, "
-                f"extreme_features={self.extreme_features!r}, min_samples={self.min_samples!r})")
+                f"extreme_features={self.extreme_features!r}, min_samples={self.min_samples!r}"
+                + (f", passes={self.passes})" if self.passes != 1 else ")"))

@@ -46,7 +46,7 @@ from flhelpers.data.base import FLDataset
 from flhelpers.defenses.base import AggregationContext, AggregationResult, Defense
 from flhelpers.fl.guards import (apply_update, attackers_mean, average_buffers, feasible_attackers,  # noqa: F401
                                  guarded_aggregate)
-from flhelpers.metrics import detection_counts, evaluate, summarize
+from flhelpers.metrics import attack_metrics, detection_counts, evaluate, summarize
 from flhelpers.models import build_model
 from flhelpers.params import ParamLayout, flatten_buffers, flatten_params, layout_of, load_flat_buffers, load_flat_params
 from flhelpers.data.partition import Partition, make_partition
@@ -195,6 +195,8 @@ def build_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
         if k in is_att:
             labels = attack.poison_labels(labels)
         peers.append(PeerData(k, idx, labels))
+    # data poisoning beyond relabelling (partial/several-pair flips, backdoor images); no-op otherwise
+    dataset, peers = attack.poison_data(dataset, peers, attackers, cfg.seed)
     exp = Experiment(cfg, dataset, partition, attackers, attack, defense, model, layout, peers,
                      device, expected_attackers=expected)
     exp.trainer = make_trainer(exp)
@@ -271,6 +273,18 @@ def aggregate_round(exp: Experiment, updates: torch.Tensor, peer_ids: np.ndarray
         seed=derive_seed(cfg.seed, "defense", round_) % 2**31)
     return guarded_aggregate(exp.defense, updates, ctx), ctx
 
+
+
+def train_attacked_round(exp: Experiment, peer_ids: np.ndarray, global_params: torch.Tensor,
+                         global_buffers: torch.Tensor, round_: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The round's ``(K, D)`` updates and buffers: the trainer trains the data the attack hands it
+    for this round (:meth:`Attack.round_peers`: clean data for an attacker sitting the round out,
+    extra clean twins for camouflage), and the attack merges the rows back to one per peer
+    (:meth:`Attack.merge_round`). For the paper's attacks both are the identity."""
+    peers = [exp.peers[k] for k in peer_ids]
+    trained = exp.attack.round_peers(peers, round_)
+    updates, buffers = exp.trainer.train_round(trained, global_params, global_buffers, round_)
+    return exp.attack.merge_round(updates, buffers, peers, round_, exp.layout)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -417,8 +431,7 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
         poisoned = r < cfg.poisoned_rounds  # the defense's hooks ran; its choice is not applied
         if poisoned:
             peer_ids = candidates
-        updates, buffers = exp.trainer.train_round([exp.peers[k] for k in peer_ids],
-                                                   st.global_params, st.global_buffers, r)
+        updates, buffers = train_attacked_round(exp, peer_ids, st.global_params, st.global_buffers, r)
         updates = exp.attack.poison_updates(
             updates, torch.as_tensor(is_attacker[peer_ids]), r,
             torch_generator(cfg.seed, "attack", r), exp.layout)
@@ -452,7 +465,9 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
                 load_flat_buffers(exp.model, st.global_buffers)
             ev = evaluate(exp.model, exp.dataset, cfg.loss, cfg.source_class, cfg.target_class,
                           cfg.eval_batch_size, exp.device)
-            st.progress.rows.append({"round": r, **ev.as_row(), **st.progress.take_pending(),
+            st.progress.rows.append({"round": r, **ev.as_row(), **attack_metrics(
+                                         exp.model, exp.dataset, exp.attack, cfg.loss, cfg.eval_batch_size,
+                                         exp.device), **st.progress.take_pending(),
                                      **{f"cum_{k}": v for k, v in st.progress.cum.items()},
                                      "accepted": int(verdict.sum()),
                                      # privacy spent so far, when the rule is differentially private

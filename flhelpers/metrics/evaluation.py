@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from flhelpers.data.base import FLDataset
+from flhelpers.metrics.attack_metrics import attack_metric_columns
 from flhelpers.models import loss_fn, predict
 
 
@@ -124,6 +125,8 @@ def summarize(metrics: pd.DataFrame, last: int = SUMMARY_ROUNDS, timings: pd.Dat
     tail = metrics.tail(last)
     out = {k: float(tail[k].mean()) for k in
            ("test_loss", "accuracy", "source_accuracy", "attack_success_rate")}
+    # the attack's own metrics (per-pair Src-Acc/ASR, backdoor ASR) where its runs have them
+    out.update({k: float(tail[k].mean()) for k in attack_metric_columns(metrics.columns)})
     out["source_accuracy_cv"] = coefficient_of_variation(metrics["source_accuracy"].to_numpy())
     tp, fp, tn, fn = (float(metrics[f"cum_{k}"].iloc[-1]) for k in ("tp", "fp", "tn", "fn"))
     out["detection_tpr"] = _rate(tp, tp + fn)

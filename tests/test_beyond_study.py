@@ -1,0 +1,147 @@
+"""The Beyond study (issue 20): its plans, tables and findings on hand-made summary rows, its figures."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flhelpers.config import validate_config
+from flhelpers.plots.beyond import plot_attack_heatmap, plot_camouflage_curve, plot_lfighter_detection
+from flhelpers.studies import beyond
+
+
+def test_quick_plan_runs_every_attack_with_its_rules_and_two_clean_runs():
+    plan = beyond.beyond_plan("quick")
+    runs = beyond.planned_runs(plan)
+    keys = collections.Counter(r.key for r in runs)
+    assert keys == {"flip": 3, "partial": 2, "pairs": 3, "rate": 2, "late": 2, "camouflage": 2, "backdoor": 5,
+                    "clean-pairs": 1, "clean-backdoor": 1, "lam=1": 1, "mend-flip": 1, "mend-pairs": 1}
+    assert len({r.config.run_id() for r in runs}) == len(runs)
+    for r in runs:
+        validate_config(r.config)
+        assert r.config.benchmark == "mnist-mild" and r.config.profile == "quick"
+    clean = [r.config for r in runs if r.key.startswith("clean")]
+    assert all(c.attacker_ratio == 0 and c.defense == "fedavg" for c in clean)
+    late = next(r.config for r in runs if r.key == "late")
+    assert late.attack_kwargs == {"start_round": 5}  # R0 = 15 // 3
+    mended = [r.config for r in runs if r.key.startswith("mend-")]
+    assert all(c.defense == "lfighter" and c.defense_kwargs == {"passes": 2} for c in mended)
+    assert {r.config.defense for r in runs if r.key == "backdoor"} == {"fedavg", "median", "multi-krum", "flame",
+                                                                       "lfighter"}
+
+
+def test_medium_plan_has_every_rule_both_ratios_and_model_replacement():
+    plan = beyond.beyond_plan("medium")
+    runs = beyond.planned_runs(plan)
+    assert plan.ratios == (0.3, 0.4) and set(plan.flip_defenses) == set(beyond.ALL_DEFENSES)
+    keys = collections.Counter(r.key for r in runs)
+    assert keys["boost"] == 14 and keys["pairs-each"] == 14 and keys["lam=0.25"] == 1 and len(runs) == 133
+    with pytest.raises(ValueError, match="Unknown profile"):
+        beyond.beyond_plan("fast")
+
+
+def _rows() -> pd.DataFrame:
+    """Hand-made summary rows: the clean runs, then FedAvg and LFighter under the flip, two pairs,
+    camouflage, and a backdoor."""
+    rows = [
+        dict(key="clean-pairs", defense="fedavg", attacker_ratio=0.0, source_accuracy=0.95, attack_success_rate=0.01,
+             source_accuracy_7_1=0.95, attack_success_rate_7_1=0.01, source_accuracy_3_8=0.9,
+             attack_success_rate_3_8=0.02, detection_tpr=None, detection_fpr=0.0, accuracy=0.96),
+        dict(key="clean-backdoor", defense="fedavg", attacker_ratio=0.0, source_accuracy=0.95,
+             attack_success_rate=0.01, backdoor_attack_success_rate=0.02, detection_tpr=None, detection_fpr=0.0,
+             accuracy=0.96),
+        dict(key="flip", defense="fedavg", attacker_ratio=0.4, source_accuracy=0.5, attack_success_rate=0.45,
+             detection_tpr=0.0, detection_fpr=0.0),
+        dict(key="flip", defense="lfighter", attacker_ratio=0.4, source_accuracy=0.9, attack_success_rate=0.02,
+             detection_tpr=0.9, detection_fpr=0.05),
+        dict(key="pairs", defense="lfighter", attacker_ratio=0.4, source_accuracy=0.92, attack_success_rate=0.02,
+             source_accuracy_7_1=0.92, attack_success_rate_7_1=0.02, source_accuracy_3_8=0.4,
+             attack_success_rate_3_8=0.5, detection_tpr=0.3, detection_fpr=0.2, run_id="abc"),
+        dict(key="camouflage", defense="lfighter", attacker_ratio=0.4, source_accuracy=0.7, attack_success_rate=0.25,
+             detection_tpr=0.4, detection_fpr=0.1),
+        dict(key="lam=1", defense="lfighter", attacker_ratio=0.4, source_accuracy=0.85, attack_success_rate=0.1,
+             detection_tpr=0.1, detection_fpr=0.1),
+        dict(key="backdoor", defense="fedavg", attacker_ratio=0.4, backdoor_attack_success_rate=0.99,
+             source_accuracy=0.95, attack_success_rate=0.0, detection_tpr=0.0, detection_fpr=0.0),
+        dict(key="backdoor", defense="lfighter", attacker_ratio=0.4, backdoor_attack_success_rate=0.05,
+             source_accuracy=0.95, attack_success_rate=0.0, detection_tpr=1.0, detection_fpr=0.0),
+    ]
+    return pd.DataFrame(rows)
+
+
+def _plan() -> beyond.BeyondPlan:
+    return beyond.beyond_plan("quick")
+
+
+def test_attack_tables_set_each_metric_beside_its_clean_value():
+    rows, plan = _rows(), _plan()
+    src = beyond.attack_table(rows, plan, "src", 0.4)
+    assert list(src.index) == ["fedavg", "lfighter"] and list(src.columns)[:2] == ["no attack", "flip (paper)"]
+    assert src.loc["lfighter", "no attack"] == pytest.approx(95.0)
+    assert src.loc["fedavg", "flip (paper)"] == pytest.approx(50.0)
+    assert src.loc["lfighter", "two pairs: 3->8"] == pytest.approx(40.0)
+    assert np.isnan(src.loc["fedavg", "two pairs: 3->8"])  # not run
+    asr = beyond.attack_table(rows, plan, "asr", 0.4)
+    assert asr.loc["lfighter", "two pairs: 3->8"] == pytest.approx(50.0)
+    door = beyond.attack_table(rows, plan, "backdoor", 0.4)
+    assert door.loc["fedavg", "no attack"] == pytest.approx(2.0)
+    assert door.loc["fedavg", "backdoor (BadNets, 4x4, f = 0.5)"] == pytest.approx(99.0)
+
+
+def test_verdicts_hold_within_ten_points_and_two_pairs_take_the_worse_pair():
+    assert beyond.holds(0.86, 0.95, True) and not beyond.holds(0.84, 0.95, True)
+    assert beyond.holds(0.11, 0.02, False) and not beyond.holds(0.13, 0.02, False)
+    v = _rows().pipe(beyond.verdicts, _plan(), 0.4).set_index(["attack", "defense"])
+    assert not v.loc[("flip", "fedavg"), "holds"] and v.loc[("flip", "lfighter"), "holds"]
+    assert v.loc[("pairs", "lfighter"), "metric"] == "source_accuracy_3_8"
+    assert not v.loc[("pairs", "lfighter"), "holds"]
+    assert v.loc[("backdoor", "lfighter"), "holds"] and not v.loc[("backdoor", "fedavg"), "holds"]
+    closing = beyond.defense_attack_table(_rows(), _plan())
+    assert closing.loc["lfighter", "two pairs 7->1, 3->8 (split)"] == pytest.approx(40.0)
+    assert closing.loc["no attack (FedAvg)", "two pairs 7->1, 3->8 (split)"] == pytest.approx(90.0)
+
+
+def test_camouflage_curve_takes_lam_zero_from_the_flip_run():
+    curve = beyond.camouflage_curve(_rows(), _plan())
+    assert list(curve.index) == [0.0, 0.5, 1.0]
+    assert curve.loc[0.0, "ASR (%)"] == pytest.approx(2.0) and curve.loc[0.5, "ASR (%)"] == pytest.approx(25.0)
+    assert curve.loc[1.0, "TPR (%)"] == pytest.approx(10.0)
+
+
+def test_findings_name_the_rules_that_hold_and_the_neurons_procedure_1_picked(tmp_path):
+    (tmp_path / "records").mkdir()
+    pd.DataFrame({"round": [0, 1, 2], "neurons": ["7 1", "1 7", "3 8"]}).to_csv(tmp_path / "records" / "abc.csv",
+                                                                                 index=False)
+    notes = beyond.findings(_rows(), _plan(), tmp_path)
+    flip = next(n for n in notes if n.startswith("**flip (paper)**"))
+    assert "Holds (within 10 points of no attack): lfighter; breaks: fedavg." in flip
+    pairs = next(n for n in notes if n.startswith("**two pairs"))
+    assert "1 & 7 in 2 rounds, 3 & 8 in 1 rounds (of 3)" in pairs and "breaks: lfighter" in pairs
+    assert "LFighter rejected 30% of the attackers' updates" in pairs
+    assert beyond.write_findings(notes, tmp_path).read_text().count("**") == 2 * len(notes)
+
+
+def test_mend_table_sets_the_mended_rule_beside_the_papers():
+    rows = pd.concat([_rows(), pd.DataFrame([
+        dict(key="mend-pairs", defense="lfighter", attacker_ratio=0.4, source_accuracy_7_1=0.93,
+             attack_success_rate_7_1=0.01, source_accuracy_3_8=0.85, attack_success_rate_3_8=0.03, detection_tpr=0.8,
+             detection_fpr=0.15, aggregation_time_per_round=0.004)])], ignore_index=True)
+    table = beyond.mend_table(rows, _plan())
+    pairs = table.loc["two pairs 7->1, 3->8 (split)"]
+    assert pairs.loc["LFighter (paper)", "Src-Acc 3->8 (%)"] == pytest.approx(40.0)
+    assert pairs.loc["LFighter, 2 passes", "Src-Acc 3->8 (%)"] == pytest.approx(85.0)
+    assert pairs.loc["LFighter, 2 passes", "aggregation (ms/round)"] == pytest.approx(4.0)
+
+
+def test_figures_draw_from_the_tables():
+    rows, plan = _rows(), _plan()
+    for kind in ("src", "asr", "backdoor"):
+        fig = plot_attack_heatmap(beyond.attack_table(rows, plan, kind, 0.4), kind, "toy")
+        assert len(fig.axes) == 2  # the heatmap and its colour bar
+    with pytest.raises(ValueError, match="kind must be one of"):
+        plot_attack_heatmap(beyond.attack_table(rows, plan, "src", 0.4), "loss", "toy")
+    assert len(plot_lfighter_detection(beyond.lfighter_detection(rows, plan), "toy").axes) == 1
+    assert len(plot_camouflage_curve(beyond.camouflage_curve(rows, plan), "toy").axes) == 2
