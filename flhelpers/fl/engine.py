@@ -90,6 +90,8 @@ class Experiment:
     device: torch.device
     trainer: Any = None
     expected_attackers: int = 0
+    #: (training, test) samples of the clean data set the run used, before any poisoned copies
+    data_sizes: tuple[int, int] = (0, 0)
 
     @property
     def is_attacker(self) -> np.ndarray:
@@ -195,10 +197,11 @@ def build_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
         if k in is_att:
             labels = attack.poison_labels(labels)
         peers.append(PeerData(k, idx, labels))
+    clean = (int(len(dataset.train_y)), int(len(dataset.test_y)))  # before any poisoned copies
     # data poisoning beyond relabelling (partial/several-pair flips, backdoor images); no-op otherwise
     dataset, peers = attack.poison_data(dataset, peers, attackers, cfg.seed)
     exp = Experiment(cfg, dataset, partition, attackers, attack, defense, model, layout, peers,
-                     device, expected_attackers=expected)
+                     device, expected_attackers=expected, data_sizes=clean)
     exp.trainer = make_trainer(exp)
     return exp
 
@@ -297,8 +300,8 @@ def _config_record(exp: Experiment) -> dict[str, Any]:
         "attackers": exp.attackers.tolist(),
         "expected_attackers": exp.expected_attackers,
         # which training set the run used (the data root may hold more or less than the config asks)
-        "train_samples": int(len(exp.dataset.train_y)),
-        "test_samples": int(len(exp.dataset.test_y)),
+        "train_samples": exp.data_sizes[0],
+        "test_samples": exp.data_sizes[1],
         "partition_sizes": exp.partition.sizes().tolist(),
         "partition_histogram": exp.partition.histogram.tolist(),
         "num_parameters": exp.layout.dim,
