@@ -36,12 +36,17 @@ def test_pack_keeps_batch_one_and_500_test_images_a_class(data_root, tmp_path):
     assert size < 50 * 2**20  # leaves room for the working tree within the device's 64 MiB
 
 
+def _tiny(tmp_path: Path, data_root: Path, budget_s: int) -> tuple[Path, dict]:
+    """The script at ``--tiny`` on the CPU: its output folder and ``gpu_timings.json``."""
+    out, store = tmp_path / "out", tmp_path / "store"
+    _run("--tiny", "--device", "cpu", "--budget-s", str(budget_s), "--out", str(out), "--store", str(store),
+         "--data-root", str(data_root), data_root=data_root)
+    return out, json.loads((out / "gpu_timings.json").read_text())
+
+
 @pytest.mark.slow
 def test_tiny_run_writes_both_runs_and_their_timings(data_root, tmp_path):
-    out, store = tmp_path / "out", tmp_path / "store"
-    _run("--tiny", "--device", "cpu", "--budget-s", "3000", "--out", str(out), "--store", str(store),
-         "--data-root", str(data_root), data_root=data_root)
-    report = json.loads((out / "gpu_timings.json").read_text())
+    out, report = _tiny(tmp_path, data_root, 3000)
     assert [r["defense"] for r in report["runs"]] == ["fedavg", "lfighter"]
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert len(files) <= 8  # what the device sends back
@@ -58,8 +63,5 @@ def test_tiny_run_writes_both_runs_and_their_timings(data_root, tmp_path):
 
 @pytest.mark.slow
 def test_a_short_budget_stops_after_the_first_round(data_root, tmp_path):
-    out, store = tmp_path / "out", tmp_path / "store"
-    _run("--tiny", "--device", "cpu", "--budget-s", "1", "--out", str(out), "--store", str(store),
-         "--data-root", str(data_root), data_root=data_root)
-    report = json.loads((out / "gpu_timings.json").read_text())
+    _, report = _tiny(tmp_path, data_root, 1)
     assert [(r["rounds_done"], r["finished"]) for r in report["runs"]] == [(1, False), (1, False)]
