@@ -84,8 +84,11 @@ def test_medium_profile_is_the_papers_structure() -> None:
 
 
 def test_the_medium_plan_is_table3_and_the_mnist_splits() -> None:
-    plan = {b: make_grid(b, "medium") for b in ("mnist-mild", "cifar10-mild", "imdb", "mnist-iid", "mnist-extreme")}
-    assert sum(len(v) for v in plan.values()) == 29
+    plan = {b: make_grid(b, "medium") for b in ("mnist-mild", "cifar10-mild", "imdb", "mnist-iid", "mnist-extreme",
+                                                 "cifar10-iid")}
+    assert sum(len(v) for v in plan.values()) == 32
+    assert {(c.defense, c.attacker_ratio) for c in plan["cifar10-iid"]} == {("fedavg", 0.0), ("fedavg", 0.4),
+                                                                          ("lfighter", 0.4)}
     for b in ("mnist-mild", "cifar10-mild", "imdb"):
         cells = {(c.defense, c.attacker_ratio) for c in plan[b]}
         assert cells == {("fedavg", 0.0)} | {(d, 0.4) for d in ("fedavg", "median", "trimmed-mean", "multi-krum",
