@@ -132,6 +132,18 @@ def test_notebook_and_its_script_are_in_sync(name):
         f"notebooks/{name}.ipynb and {name}.py differ: jupytext --sync the one you edited"
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")))
+def test_notebook_declares_the_kernel_make_lab_installs(name):
+    """Each notebook names the kernel ``flhelpers`` (``make lab`` installs it); headless runs never rely
+    on it: ``reproduce`` and the tests pass ``kernel_name=ensure_kernel()``."""
+    import nbformat
+
+    spec = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4).metadata.get("kernelspec", {})
+    assert spec.get("name") == "flhelpers", f"{name}.ipynb declares kernel {spec.get('name')!r}"
+    makefile = (NOTEBOOKS.parent / "Makefile").read_text()
+    assert "ipykernel install --user --name flhelpers" in makefile
+
+
 def test_every_script_has_its_notebook():
     scripts = {p.stem for p in NOTEBOOKS.glob("*.py")}
     assert scripts == {p.stem for p in NOTEBOOKS.glob("*.ipynb")}

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from flhelpers.defenses.accountant import epsilon_of
+from flhelpers.reproduce import ensure_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "Privacy.ipynb"
@@ -33,6 +34,7 @@ def test_notebook_runs_end_to_end(data_root, tmp_path):
     papermill = pytest.importorskip("papermill")
     os.environ.setdefault("MPLBACKEND", "Agg")
     papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), cwd=str(ROOT), progress_bar=False,
+                               kernel_name=ensure_kernel(),
                                parameters={"profile": "smoke", "data_root": str(data_root),
                                            "results_dir": str(tmp_path / "results")})
     results = tmp_path / "results"
