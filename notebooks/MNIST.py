@@ -202,6 +202,32 @@ for b in BENCHMARKS:
     plots.show(fig, results_dir, b, "detection")
 
 # %% [markdown]
+# ## 8. FoolsGold's self-locking state (beyond the paper; the committed `medium` study)
+#
+# The paper's MNIST FoolsGold cell is Src-Acc 0 %, ASR 88.5 %; from a clean start ours (and the authors' own
+# pipeline) does not collapse. FoolsGold zeroes any group of peers whose histories point the same way: once
+# the model maps 7 to 1, the honest peers holding 7s all push the same repair direction and look like the
+# sybils. This section draws the committed study `results/reference/medium/foolsgold-trap/`
+# (`tools/foolsgold_trap_study.py`, whatever this notebook's profile): MNIST-Mild at `medium`, 40 % attackers,
+# the first k rounds stepped by the attackers' FedAvg only (`poisoned_rounds`), k = 0, 2, 4, 8, for FoolsGold,
+# FedAvg and LFighter; and FoolsGold at the arXiv-era notebooks' lr 0.001 with 3 local epochs. Top row: the
+# share of FoolsGold's weight (its alpha) held by attackers, by honest peers with at least 10 % sevens, and by
+# the other honest peers. The summary table: last-10 means, the round from which Src-Acc stays above 50 %, and
+# the mean weight shares after the poisoned start.
+
+# %%
+from flhelpers.plots.foolsgold_trap import plot_sweep_source_accuracy, plot_weight_shares
+from flhelpers.studies.foolsgold_trap import study_configs, study_dir, trap_rounds, trap_summary
+
+trap = trap_rounds(study_dir(), study_configs("medium"))
+if trap.empty:
+    display(Markdown("No finished run in the study's store yet: `python tools/foolsgold_trap_study.py`."))
+else:
+    plots.show(plot_weight_shares(trap), results_dir, "mnist-mild", "foolsgold_weight_shares")
+    plots.show(plot_sweep_source_accuracy(trap), results_dir, "mnist-mild", "poisoned_start_sweep")
+    display(trap_summary(trap).drop(columns="run_id").set_index("label").round(3))
+
+# %% [markdown]
 # ## This project vs the paper
 #
 # For each benchmark, what the paper's figures show; where the journal's Table 3 measured the same

@@ -529,3 +529,18 @@ def test_flower_crosscheck(k):
         m = k - f
         ours = MultiKrum()(u, ctx_for(u, f=f)).update.numpy()
         np.testing.assert_allclose(ours, flat(agg.aggregate_krum(results, f, m)), rtol=1e-5, atol=1e-6)
+
+
+def test_foolsgold_output_bias_option_drops_the_bias_from_the_history():
+    # weights (first two values) of peers 0 and 1 point the same way; their biases (last) differ.
+    u = t([[1, 0, 5], [2, 0, -5], [0, 1, 0]])
+    with_bias = FoolsGold()(u, ctx_for(u))
+    # with the bias: cos(u0, u1) = (2 - 25) / (sqrt(26) sqrt(29)) < 0 and both are orthogonal to
+    # peer 2 -> v = (0, 0, 0) -> alpha 1 -> 0.99 -> every weight 1
+    assert with_bias.weights.tolist() == [1, 1, 1]
+    weights_only = FoolsGold(output_bias=False)(u, ctx_for(u))
+    # weights only: cos(w0, w1) = 1 -> alpha 0 for both; peer 2 keeps weight 1 (the authors' feature)
+    assert weights_only.weights.tolist() == [0, 0, 1]
+    assert torch.allclose(weights_only.update, t([0, 1, 0]))
+    with pytest.raises(ValueError, match="drop one of the two"):
+        FoolsGold(use_output_layer=False, output_bias=False)

@@ -8,7 +8,12 @@ FoolsGold down-weights peers whose *update histories* are too similar. Per peer 
     H_i = sum over the rounds so far of peer i's output-layer update
 
 (the output layer's weights and bias, as in the LFighter paper's comparison;
-``use_output_layer=False`` uses the whole update). Each round, for the peers present:
+``use_output_layer=False`` uses the whole update; ``output_bias=False`` keeps the output layer's
+weights only, the feature of the authors' code, which scores ``fc2.weight`` without its bias; it is an
+option, never the default: issue 19's study found the feature definition moves the attackers' weight
+share by 0.03-0.06 only. Their code also sums the raw minibatch gradients of the local steps rather
+than the update; with momentum and weight decay the two differ in more than a scale, which FoolsGold's
+cosines would ignore). Each round, for the peers present:
 
 1. ``cs_ij = cos(H_i, H_j)`` for ``i != j`` and ``cs_ii = 0``; ``v_i = max_j cs_ij``, so
    ``v_i >= 0``. (Fung et al.'s code subtracts the identity from the cosine matrix, putting 0 on
@@ -82,22 +87,30 @@ class FoolsGold(Defense):
         kappa: the confidence parameter of the logit in step 5; Fung et al. use 1.
         use_output_layer: keep the history of the output layer only (default, as in the
             LFighter paper) or of the whole update.
+        output_bias: with ``use_output_layer``, include the output layer's bias (default) or
+            keep its weights only (the authors' code's ``fc2.weight``).
     """
 
     name = "foolsgold"
 
-    def __init__(self, kappa: float = 1.0, use_output_layer: bool = True) -> None:
+    def __init__(self, kappa: float = 1.0, use_output_layer: bool = True, output_bias: bool = True) -> None:
         kappa = float(kappa)
         if not kappa > 0 or math.isinf(kappa):
             raise ValueError(f"FoolsGold needs a finite kappa > 0, got kappa={kappa}.")
+        if not output_bias and not use_output_layer:
+            raise ValueError("FoolsGold: output_bias=False selects the output layer's weights, but "
+                             "use_output_layer=False asks for the whole update; drop one of the two.")
         self.kappa = kappa
         self.use_output_layer = bool(use_output_layer)
+        self.output_bias = bool(output_bias)
         self.history: dict[int, torch.Tensor] = {}
 
     def _features(self, updates: torch.Tensor, ctx: AggregationContext) -> torch.Tensor:
-        if self.use_output_layer:
+        if not self.use_output_layer:
+            return updates
+        if self.output_bias:
             return ctx.layout.output_layer(updates)
-        return updates
+        return updates[..., ctx.layout.output_weight]
 
     def aggregate(self, updates: torch.Tensor, ctx: AggregationContext) -> AggregationResult:
         k = updates.shape[0]
@@ -136,4 +149,5 @@ class FoolsGold(Defense):
         self.history = {int(pid): hist[row].clone() for row, pid in enumerate(ids)}
 
     def __repr__(self) -> str:
-        return f"FoolsGold(kappa={self.kappa}, use_output_layer={self.use_output_layer})"
+        return (f"FoolsGold(kappa={self.kappa}, use_output_layer={self.use_output_layer}, "
+                f"output_bias={self.output_bias})")

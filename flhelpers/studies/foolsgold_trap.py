@@ -41,9 +41,10 @@ import pandas as pd
 
 from flhelpers.config import ExperimentConfig, benchmark_config
 from flhelpers.results import is_finished, run_dir
+from flhelpers.studies.reference import reference_dir
 
 __all__ = ["ARXIV_SETTING", "SWEEP_DEFENSES", "SWEEP_K", "WeightShareRecorder", "read_shares",
-           "share_path", "source_holders", "study_configs", "trap_summary"]
+           "share_path", "source_holders", "study_configs", "study_dir", "trap_rounds", "trap_summary"]
 
 SWEEP_K: tuple[int, ...] = (0, 2, 4, 8)
 SWEEP_DEFENSES: tuple[str, ...] = ("foolsgold", "fedavg", "lfighter")
@@ -52,6 +53,12 @@ SWEEP_DEFENSES: tuple[str, ...] = ("foolsgold", "fedavg", "lfighter")
 ARXIV_SETTING: dict[str, Any] = {"lr": 0.001, "local_epochs": 3}
 GROUPS = ("attackers", "honest_source_holders", "honest_others")
 COLUMNS = ("round", "poisoned", "known", *(f"share_{g}" for g in GROUPS), "weights")
+
+
+def study_dir(profile: str = "medium") -> Path:
+    """The committed study: ``results/reference/<profile>/foolsgold-trap`` (runs, ``shares/``, ``summary.md``),
+    written by ``tools/foolsgold_trap_study.py``."""
+    return reference_dir(profile) / "foolsgold-trap"
 
 
 def study_configs(profile: str = "medium", ratio: float = 0.4, seed: int = 0) -> list[ExperimentConfig]:
