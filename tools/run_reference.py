@@ -11,6 +11,8 @@ again. ``--only`` keeps the configurations whose defense is listed. A run being 
 ``runs/<run-id>.lock``, so two processes can work through the same plan (one with
 ``--reverse``); remove stale locks after a crash. LFighter runs write their per-round record
 (:class:`flhelpers.studies.lfighter_record.LFighterRecorder`) to ``records/<run-id>.csv``.
+``--seeds`` runs the plan at other seeds, e.g. MNIST-Extreme's FedAvg and LFighter over seeds 1-3
+(issue 19, section 3): ``--benchmarks mnist-extreme --seeds 1 2 3 --skip median``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def main() -> None:
     p.add_argument("--only", nargs="*", default=None, help="defenses to run (default: the whole plan)")
     p.add_argument("--skip", nargs="*", default=(), help="defenses to leave out")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the plan (default: 0; the "
+                   "gradient capture is seed 0's, so other seeds are plain runs)")
     p.add_argument("--reverse", action="store_true", help="run each benchmark's plan last run first "
                    "(a second process on the same benchmarks then meets the first in the middle)")
     p.add_argument("--results-dir", default=None, help="default: results/reference/<profile>")
@@ -45,7 +49,7 @@ def main() -> None:
     out = Path(args.results_dir or f"results/reference/{args.profile}")
     for b in args.benchmarks:
         capture_id = capture_config(b, args.profile).run_id()
-        configs = make_grid(b, args.profile)
+        configs = make_grid(b, args.profile, seeds=tuple(args.seeds))
         for cfg in reversed(configs) if args.reverse else configs:
             if (args.only is not None and cfg.defense not in args.only) or cfg.defense in args.skip:
                 continue

@@ -295,13 +295,24 @@ OTHER_BENCHMARKS = ("mnist-iid", "mnist-extreme")
 
 
 def other_runs(summaries: pd.DataFrame) -> pd.DataFrame:
-    """The reference runs of :data:`OTHER_BENCHMARKS`: one row per benchmark, defense and ratio (%)."""
+    """The reference runs of :data:`OTHER_BENCHMARKS`: one row per benchmark, defense and ratio (%).
+
+    A cell with several runs (seeds of one configuration, :func:`~flhelpers.studies.paper.select_cell`)
+    shows their mean, the seeds, and the spread of Src-Acc: the sample standard deviation (``ddof=1``;
+    n/a for one run) and the range ``min-max``.
+    """
     rows = []
     for b in OTHER_BENCHMARKS:
         part = summaries[summaries["benchmark"] == b] if len(summaries) else summaries
         for (d, r), sel in part.groupby(["defense", "attacker_ratio"], sort=False) if len(part) else []:
+            sel = select_cell(sel, b, d, float(r))
+            src = 100 * pd.to_numeric(sel["source_accuracy"])
+            seeds = " ".join(str(int(s)) for s in sorted(sel["seed"])) if "seed" in sel else ""
             rows.append({"benchmark": b, "defense": d, "attackers": f"{float(r):.0%}", "runs": len(sel),
-                         "Src-Acc": 100 * pd.to_numeric(sel["source_accuracy"]).mean(),
+                         "seeds": seeds,
+                         "Src-Acc": src.mean(),
+                         "Src-Acc sd": src.std(ddof=1) if len(sel) > 1 else float("nan"),
+                         "Src-Acc range": f"{src.min():.1f}-{src.max():.1f}" if len(sel) > 1 else "",
                          "ASR": 100 * pd.to_numeric(sel["attack_success_rate"]).mean(),
                          "All-Acc": 100 * pd.to_numeric(sel["accuracy"]).mean(),
                          "TPR": 100 * pd.to_numeric(sel["detection_tpr"], errors="coerce").mean(),
