@@ -60,7 +60,7 @@ def plot_weight_shares(rounds: pd.DataFrame, defense: str = "foolsgold") -> Figu
     axes[1, 0].set_ylabel("%")
     axes[0, 0].legend(loc="upper right", fontsize=9)
     axes[1, 0].legend(loc="center right", fontsize=9)
-    fig.suptitle(f"{defense_label(defense)} from a poisoned start (shaded: rounds stepped by the attackers' FedAvg)")
+    fig.suptitle(f"{defense_label(defense)}, MNIST, 40 % attackers (shaded: poisoned-start rounds)")
     fig.tight_layout()
     return fig
 
