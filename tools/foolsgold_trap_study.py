@@ -76,7 +76,7 @@ def summarize(args: argparse.Namespace, out: Path) -> str:
             "`escaped_at`: first round from which Src-Acc stays above 50 %. Shares: mean share of the "
             "rule's weight held by the attackers and by the honest source holders (>= 1/C of their "
             "samples are 7s) over rounds t >= k.\n\n"
-            + to_markdown(summary.drop(columns=["run_id"]), digits=3) + "\n")
+            + to_markdown(summary.drop(columns=["run_id"]).set_index("label"), digits=3) + "\n")
     (out / "summary.md").write_text(text)
     return text
 
