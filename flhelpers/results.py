@@ -23,6 +23,7 @@ outside ``<results_dir>/runs``.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -31,7 +32,7 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -97,6 +98,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def append_csv_row(path: str | Path, columns: Sequence[str], row: dict[str, Any]) -> None:
+    """Append ``row`` to the CSV at ``path`` (header ``columns`` written when the file is new):
+    per-round records that survive a stopped and resumed run."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

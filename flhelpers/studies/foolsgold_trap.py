@@ -31,7 +31,6 @@ LFighter: the sample counts of the peers they keep). Rounds in which the rule's 
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from flhelpers.config import ExperimentConfig, benchmark_config
-from flhelpers.results import is_finished, run_dir
+from flhelpers.results import append_csv_row, is_finished, run_dir
 from flhelpers.studies.reference import reference_dir
 
 __all__ = ["ARXIV_SETTING", "SWEEP_DEFENSES", "SWEEP_K", "WeightShareRecorder", "read_shares",
@@ -128,13 +127,7 @@ class WeightShareRecorder:
         row = {"round": rec.round, "poisoned": poisoned, "known": known, **_shares(weights, groups),
                "weights": " ".join(f"{i}:{'A' if a else 'S' if h else 'H'}:{w:.4g}"
                                    for i, a, h, w in zip(ids, attackers, holders, weights))}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.is_file()
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_csv_row(self.path, COLUMNS, row)
 
 
 def share_path(results_dir: str | Path, run_id: str) -> Path:

@@ -19,7 +19,6 @@ Rows are appended as rounds finish, so a run that is stopped and resumed keeps i
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import pandas as pd
 import torch
 
 from flhelpers.defenses.lfighter import filter_mild, neuron_magnitudes
+from flhelpers.results import append_csv_row
 
 __all__ = ["LFighterRecorder", "read_record", "record_path", "record_row", "record_summary", "records_table"]
 
@@ -80,13 +80,7 @@ class LFighterRecorder:
         row = {"round": rec.round, **record_row(rows, rec.result.accepted.cpu().numpy(), rec.is_attacker,
                                                 rec.peer_ids, rec.result.info, self.source, self.target,
                                                 ctx.seed)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.is_file()
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_csv_row(self.path, COLUMNS, row)
 
 
 def read_record(path: str | Path) -> pd.DataFrame:
