@@ -9,6 +9,8 @@ PROFILE ?= quick
 RESULTS ?=
 # REFRESH=1 (medium only): redraw into the committed results/reference/medium/ itself
 REFRESH ?=
+# COMPUTE_MISSING=1 (medium only): compute the runs the committed store lacks (hours each)
+COMPUTE_MISSING ?=
 # extra JupyterLab options, e.g. LAB_ARGS="--allow-root --no-browser --ip 0.0.0.0"
 LAB_ARGS ?=
 export FLHELPERS_DATA ?= $(CURDIR)/data
@@ -29,7 +31,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
 
 reproduce: $(VENV)/.installed
-	$(PY) -m flhelpers reproduce --profile $(PROFILE) $(if $(RESULTS),--results-dir $(RESULTS),) $(if $(REFRESH),--refresh-reference,)
+	$(PY) -m flhelpers reproduce --profile $(PROFILE) $(if $(RESULTS),--results-dir $(RESULTS),) $(if $(REFRESH),--refresh-reference,) $(if $(COMPUTE_MISSING),--compute-missing,)
 
 # The kernel "Python (flhelpers)" runs this environment (also from any other Jupyter); the
 # paired scripts notebooks/*.py open as notebooks with one click (jupytext's viewer is the default).

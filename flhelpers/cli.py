@@ -204,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--force", action="store_true", help="recompute every run even where a finished one exists")
     rep.add_argument("--only-finished", action="store_true",
                      help="draw only the runs the store has finished; list and leave out the others "
-                          "instead of computing them")
+                          "instead of computing them (the default at medium)")
+    rep.add_argument("--compute-missing", action="store_true",
+                     help="medium: compute the runs the store lacks (hours each) instead of leaving them out")
     rep.add_argument("--data-root", default=None)
     rep.add_argument("--device", default="cpu")
     t3 = sub.add_parser("table3", help="write table3.csv/.md: the journal's Table 3 beside this store's runs")
@@ -389,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return reproduce(profile=args.profile, notebooks=args.notebooks,
                              results_dir=args.results_dir, data_root=args.data_root,
                              device=args.device, force=args.force, refresh_reference=args.refresh_reference,
+                             compute_missing=args.compute_missing,
                              parameters={"only_finished": True} if args.only_finished else None)
         if args.command == "grid":
             return cmd_grid(args)

@@ -14,8 +14,10 @@ a second call only re-draws.
 
 At ``medium`` the results store defaults to ``results/medium``, which is first seeded with the
 committed reference runs of ``results/reference/medium`` (:func:`flhelpers.studies.reference.results_store`):
-the three benchmark notebooks read every run back instead of computing it (``force=True``
-recomputes), and ``table3.csv`` / ``table3.md`` are written beside them. The committed folder is
+the three benchmark notebooks read every run back instead of computing it, and ``table3.csv`` /
+``table3.md`` are written beside them. A run the committed store does not have yet (a row still
+being computed) is listed and left out (``only_finished``), since computing it takes hours:
+``compute_missing=True`` (``--compute-missing``) computes it, ``force=True`` recomputes everything. The committed folder is
 never written unless ``refresh_reference=True`` (``--refresh-reference``) makes it the store.
 The Related and Privacy notebooks have no medium profile; ``--notebooks Beyond --profile medium``
 draws the Beyond study's medium runs that are finished in the store.
@@ -133,6 +135,16 @@ def notebook_parameters(profile: str, results: Path, data_root: str | Path | Non
     return {**params, **(parameters or {})}
 
 
+def medium_parameters(profile: str, force: bool, compute_missing: bool,
+                      parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``parameters`` with ``only_finished=True`` at ``medium`` unless ``force`` or ``compute_missing``
+    (or ``parameters`` sets ``only_finished`` itself): re-drawing the committed results must not
+    start hours of training for a row that is still being computed."""
+    if profile != "medium" or force or compute_missing:
+        return parameters
+    return {"only_finished": True, **(parameters or {})}
+
+
 def write_timings(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
     """Merge this call's rows into ``timings.csv``: a notebook run again at a profile replaces its row."""
     if path.is_file():
@@ -146,7 +158,7 @@ def write_timings(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
 def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
               results_dir: str | Path | None = None, data_root: str | Path | None = None, device: str = "cpu",
               parameters: dict[str, Any] | None = None, log_output: bool = False, force: bool = False,
-              refresh_reference: bool = False) -> int:
+              refresh_reference: bool = False, compute_missing: bool = False) -> int:
     """Execute the benchmark notebooks with papermill; return 0 when every one succeeded, else 1.
 
     Args:
@@ -167,10 +179,14 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
         force: recompute every run of the notebooks' grids even where a finished one exists.
         refresh_reference: at ``medium``, use the committed folder ``results/reference/medium``
             itself as the store (rewrites its executed notebooks, figures, tables and timings).
+        compute_missing: at ``medium``, compute the runs the store lacks (hours each); without it
+            (and without ``force``) the notebooks draw the finished runs and list the others
+            (:func:`medium_parameters`).
 
     Raises:
-        ValueError: an unknown profile or notebook, a notebook without a medium profile, or
-            ``refresh_reference`` with ``results_dir`` or at a profile without committed results.
+        ValueError: an unknown profile or notebook, a notebook without a medium profile,
+            ``refresh_reference`` with ``results_dir`` or at a profile without committed results,
+            or ``compute_missing`` away from ``medium`` or with ``only_finished``.
     """
     from flhelpers.studies.reference import REFERENCE_PROFILES, reference_dir, results_store, write_table3
 
@@ -186,6 +202,11 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
         if no_medium:
             raise ValueError(f"The {', '.join(no_medium)} notebook(s) have no medium profile; run them with "
                              f"--profile quick or paper, or leave them out.")
+    if compute_missing and profile != "medium":
+        raise ValueError(f"--compute-missing is for the medium redraw; at {profile!r} missing runs are "
+                         f"always computed: leave it out.")
+    if compute_missing and (parameters or {}).get("only_finished"):
+        raise ValueError("--compute-missing and --only-finished contradict each other: give one.")
     if refresh_reference:
         if profile not in REFERENCE_PROFILES:
             raise ValueError(f"--refresh-reference rewrites committed results, which exist only for "
@@ -196,6 +217,7 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
     results = Path(results_store(results_dir, profile, force=force))
     out_dir = results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    parameters = medium_parameters(profile, force, compute_missing, parameters)
     params = notebook_parameters(profile, results, data_root, device, notebooks_dir(), force, parameters)
     kernel = ensure_kernel()
     rows, failed = [], []
@@ -224,5 +246,6 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
     return 0
 
 
-__all__ = ["ALL_NOTEBOOKS", "MEDIUM_NOTEBOOKS", "NOTEBOOKS", "ensure_kernel", "notebook_parameters", "notebook_path",
+__all__ = ["ALL_NOTEBOOKS", "MEDIUM_NOTEBOOKS", "NOTEBOOKS", "ensure_kernel", "medium_parameters",
+           "notebook_parameters", "notebook_path",
            "notebooks_dir", "reproduce", "resolve_notebooks", "write_timings"]
