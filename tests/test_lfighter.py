@@ -27,6 +27,7 @@ from flhelpers.defenses.lfighter import (
     filter_extreme,
     filter_mild,
     pairwise_angles,
+    split_by_own_top,
     top_two,
 )
 from flhelpers.params import ParamLayout
@@ -393,6 +394,58 @@ def test_filter_extreme_all_noise_accepts_everyone() -> None:
     feats = np.array([[0.0], [1.0], [3.0]])
     bad, info = filter_extreme(feats, _toy_output_grads([0, 1, 2]))
     assert not bad.any() and "noise" in info["reason"]
+
+
+def test_split_by_own_top_by_hand() -> None:
+    labels = np.array([0, 0, 0, 1, 1, -1])
+    tops = np.array([7, 7, 1, 1, 1, 3])
+    # (cluster, own top) pairs in order: (0, 1) -> 0, (0, 7) -> 1, (1, 1) -> 2; noise stays noise
+    assert split_by_own_top(labels, tops).tolist() == [1, 1, 0, 2, 2, -1]
+    # clusters whose members already share their own top neuron only get renumbered
+    assert split_by_own_top(np.array([1, 1, 0]), np.array([4, 4, 2])).tolist() == [1, 1, 0]
+
+
+def _merged_round() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """6 honest source peers (top neuron 0) and 3 attackers (top neuron 1) in one tight group at 0;
+    8 honest target peers (top neuron 1) at 100: HDBSCAN finds the two groups."""
+    feats = np.concatenate([np.column_stack([0.01 * np.arange(9), np.zeros(9)]),
+                            np.column_stack([100.0 + 0.01 * np.arange(8), np.zeros(8)])])
+    tops = [0] * 6 + [1] * 3 + [1] * 8
+    return feats, _toy_output_grads(tops), np.array(tops)
+
+
+def test_filter_extreme_misses_attackers_merged_with_the_source_peers() -> None:
+    """The paper's rule: the merged cluster's mean has top neuron 0 (6 x 1.0 + 3 x 0.1 against
+    6 x 0.1 + 3 x 1.0), the target cluster's is 1; no two clusters share a top neuron, nobody is bad."""
+    feats, grads, _ = _merged_round()
+    bad, info = filter_extreme(feats, grads)
+    assert not bad.any() and info["cluster_top_neuron"] == {"0": 0, "1": 1}
+
+
+def test_filter_extreme_split_by_own_top_compares_the_attackers_with_the_target_peers() -> None:
+    feats, grads, tops = _merged_round()
+    bad, info = filter_extreme(feats, grads, own_tops=tops)
+    # groups (0, top 0) 6 peers, (0, top 1) the 3 attackers, (1, top 1) the 8 target peers:
+    # the attackers share top neuron 1 with the larger target group and are bad
+    assert bad.tolist() == [False] * 6 + [True] * 3 + [False] * 8
+    assert info["hdbscan_labels"] == [0] * 9 + [1] * 8 and info["labels"] == [0] * 6 + [1] * 3 + [2] * 8
+    assert info["cluster_sizes"] == {"0": 6, "1": 3, "2": 8}
+
+
+def test_split_by_own_top_option_on_a_whole_round() -> None:
+    """On a round where the attackers already form their own cluster the option changes nothing;
+    the default stays the paper's rule; bad values are refused."""
+    rows, attackers, _, rng = extreme_round(0)
+    layout = make_layout(10, 16)
+    updates = pack_updates(rows, rng)
+    paper = LFighter()(updates, context(layout))
+    split = LFighter(split_by_own_top=True)(updates, context(layout))
+    assert torch.equal(paper.accepted, split.accepted) and not split.accepted.numpy()[attackers].any()
+    assert "hdbscan_labels" in split.info and "hdbscan_labels" not in paper.info
+    assert LFighter().split_by_own_top is False
+    assert repr(LFighter(split_by_own_top=True)).endswith("min_samples=3, split_by_own_top=True)")
+    with pytest.raises(ValueError, match="split_by_own_top"):
+        LFighter(split_by_own_top=1)
 
 
 # ----------------------------------------------------------------------------- auto detection

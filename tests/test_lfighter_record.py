@@ -95,3 +95,23 @@ def test_records_table_reads_the_lfighter_runs_that_have_a_record(tmp_path):
     assert table["run_id"].tolist() == [lf.run_id()]
     row = table.iloc[0]
     assert row["both_top2"] == 1 and row["picked_true_pair"] == 1 and row["rounds_on_other_neurons"] == "0"
+
+
+def test_extreme_round_records_whom_the_attackers_were_clustered_with():
+    """Procedure 2's info, by hand: 6 peers; cluster 0 = honest 7-holders 2, 3 and attacker 0
+    (own top neuron 1); cluster 1 = honest 1-holders 4, 5; attacker 1 is noise."""
+    info = {"labels": [0, -1, 0, 0, 1, 1], "cluster_sizes": {"0": 3, "1": 2},
+            "cluster_top_neuron": {"0": 7, "1": 1},
+            "peer_top_neurons": [[1, 7], [1, 7], [7, 1], [7, 2], [1, 3], [1, 7]], "reason": "r"}
+    rows = torch.zeros(6, 10, 2, dtype=torch.float64)
+    rows[:, 7, 0], rows[:, 1, 0] = 2.0, 1.0
+    attackers = np.array([True, True, False, False, False, False])
+    accepted = np.array([True, False, True, True, True, True])
+    row = record_row(rows, accepted, attackers, np.arange(6), info, source=7, target=1, seed=0)
+    assert row["cluster_sizes"] == "3 2"  # the sizes, not the dict's labels
+    assert row["clusters"] == "0:3:7 1:2:1"
+    assert row["attacker_company"] == "-1:1A+0H[] 0:1A+2H[7]"
+    assert (row["tpr"], row["fpr"]) == (0.5, 0.0)
+    # Procedure 1's info has no clusters of Procedure 2: the columns stay empty
+    mild = record_row(rows, accepted, attackers, np.arange(6), {"cluster_sizes": [4, 2]}, 7, 1, 0)
+    assert mild["cluster_sizes"] == "4 2" and mild["clusters"] == "" and mild["attacker_company"] == ""

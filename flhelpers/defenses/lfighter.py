@@ -258,14 +258,19 @@ def concat_features(rows: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return rows[np.arange(k)[:, None], pairs].reshape(k, -1)
 
 
-def filter_extreme(features: np.ndarray, output_grads: np.ndarray,
-                   min_samples: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def filter_extreme(features: np.ndarray, output_grads: np.ndarray, min_samples: int | None = None,
+                   own_tops: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Procedure 2 (FILTER_EXTREME): a ``(K,)`` bool mask of bad peers and what was found.
 
     ``features`` is ``(K, F)`` (each peer's rows of its own two largest neurons);
     ``output_grads`` is ``(K, C, in+1)``, the peers' output-layer gradient rows.
     HDBSCAN(min_cluster_size=2); clusters sharing the top neuron of their mean gradient: all but
     the largest are bad; noise is bad. Degenerate inputs: nobody is bad (module docstring).
+
+    ``own_tops`` (``(K,)``, each peer's own largest neuron ``imax1_k``; not the paper's rule, see
+    :class:`LFighter`'s ``split_by_own_top``): every HDBSCAN cluster is first split into the
+    groups of members that share their own largest neuron, so that no cluster mixes peers
+    whose updates stand for different classes; the rule above then runs on those groups.
     """
     from sklearn.cluster import HDBSCAN
 
@@ -281,6 +286,9 @@ def filter_extreme(features: np.ndarray, output_grads: np.ndarray,
     if np.all(labels < 0):
         info["reason"] = "HDBSCAN labelled every peer noise: all accepted"
         return bad, info
+    if own_tops is not None:
+        labels = split_by_own_top(labels, np.asarray(own_tops, dtype=int))
+        info.update(hdbscan_labels=info["labels"], labels=labels.tolist())
     clusters = sorted(int(c) for c in np.unique(labels) if c >= 0)
     sizes = {c: int(np.sum(labels == c)) for c in clusters}
     tops: dict[int, int] = {}
@@ -301,6 +309,19 @@ def filter_extreme(features: np.ndarray, output_grads: np.ndarray,
         reason="smaller clusters sharing a top neuron, and noise, are bad",
     )
     return bad, info
+
+
+def split_by_own_top(labels: np.ndarray, own_tops: np.ndarray) -> np.ndarray:
+    """Cluster labels refined so that each cluster's members share their own largest neuron.
+
+    Members of cluster ``c`` whose own largest neuron is ``t`` get one new label per ``(c, t)``
+    pair, numbered in order of ``(c, t)``; noise (``-1``) stays noise.
+    """
+    out = np.full_like(labels, -1)
+    pairs = sorted({(int(c), int(t)) for c, t in zip(labels, own_tops) if c >= 0})
+    for new_label, (c, t) in enumerate(pairs):
+        out[(labels == c) & (own_tops == t)] = new_label
+    return out
 
 
 def detect_distribution(layout: ParamLayout, rows: torch.Tensor) -> tuple[str, dict[str, Any]]:
@@ -343,6 +364,17 @@ class LFighter(Defense):
         min_samples: scikit-learn HDBSCAN's ``min_samples`` (the point itself included); 3 is
             the ``hdbscan`` package's default for ``min_cluster_size=2``; ``None`` is
             scikit-learn's own default (2).
+        split_by_own_top: Procedure 2 only, not the paper's rule (default ``False``): split every
+            HDBSCAN cluster by its members' own largest neuron before comparing clusters that
+            share a top neuron (:func:`split_by_own_top`). In an extreme split a peer's own
+            largest neuron is the class its labels claim (attackers: the target), so a cluster
+            then stands for one class, as Procedure 2 assumes, and attackers merged into the
+            source-class peers' cluster, or into one large cluster of many classes, are compared
+            with the target-class peers' cluster instead - the comparison the paper's account of
+            Procedure 2 relies on ("provided that the number of attackers is less than the
+            number of peers of the target class"). Issue 19, section 3: at the paper's
+            MNIST-Extreme structure the paper's rule misses the attackers in rounds where
+            HDBSCAN merged them into such a cluster (``studies/lfighter_record.py``).
         passes: Procedure 1 passes (iid/mild, several output neurons): 1 is the paper's rule
             (the default); more peel off attackers of further source -> target pairs
             (:func:`filter_mild_passes`, issue 20), at the cost of one k-means a pass and of
@@ -356,7 +388,12 @@ class LFighter(Defense):
     name = "lfighter"
 
     def __init__(self, distribution: Distribution = "auto", n_init: int = 10,
-                 extreme_features: str = "concat", min_samples: int | None = 3, passes: int = 1) -> None:
+                 extreme_features: str = "concat", min_samples: int | None = 3, passes: int = 1,
+                 split_by_own_top: bool = False) -> None:
+        if not isinstance(split_by_own_top, bool):
+            raise ValueError(f"split_by_own_top must be True or False (False: the paper's Procedure 2); "
+                             f"got {split_by_own_top!r}.")
+        self.split_by_own_top = split_by_own_top
         if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
             raise ValueError(f"passes must be a positive integer (1: the paper's Procedure 1); got {passes!r}.")
         self.passes = passes
@@ -416,7 +453,8 @@ class LFighter(Defense):
             make = extreme_features if self.extreme_features == "in-place" else concat_features
             features = make(rows_np, pairs)
             info["peer_top_neurons"] = pairs.tolist()
-            bad, found = filter_extreme(features, rows_np, self.min_samples)
+            bad, found = filter_extreme(features, rows_np, self.min_samples,
+                                        own_tops=pairs[:, 0] if self.split_by_own_top else None)
         info.update(found)
 
         accepted = torch.as_tensor(~bad, dtype=torch.bool, device=updates.device)
@@ -427,4 +465,5 @@ class LFighter(Defense):
     def __repr__(self) -> str:
         return (f"LFighter(distribution={self.distribution!r}, n_init={self.n_init}, "
                 f"extreme_features={self.extreme_features!r}, min_samples={self.min_samples!r}"
-                + (f", passes={self.passes})" if self.passes != 1 else ")"))
+                + (f", passes={self.passes}" if self.passes != 1 else "")
+                + (", split_by_own_top=True)" if self.split_by_own_top else ")"))

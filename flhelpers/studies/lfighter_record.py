@@ -11,7 +11,13 @@ one row of weights and bias per output neuron ``i``) and writes one CSV row with
 * ``cluster_sizes`` and ``reason`` of the aggregator (k-means, Procedure 1);
 * ``rejected``: the rejected peers as ``id:role`` (``A`` attacker, ``H`` honest); ``tpr`` / ``fpr``;
 * ``oracle_tpr`` / ``oracle_fpr``: Procedure 1 replayed on the true source and target neurons
-  (an oracle no defense has): whether the flippers are separable once the right rows are looked at.
+  (an oracle no defense has): whether the flippers are separable once the right rows are looked at;
+* extreme rounds (Procedure 2) only: ``clusters``, each HDBSCAN cluster as ``label:size:top``
+  (``top`` the largest neuron of its mean gradient), and ``attacker_company``, each cluster
+  holding attackers as ``label:nA+nH[tops]`` (its attackers, its honest members, and the honest
+  members' own largest neurons; label ``-1`` is noise), so a reader sees whom a missed attacker
+  was clustered with: the honest source-class peers (their own largest neuron is the source),
+  the target-class peers, or only attackers.
 
 Rows are appended as rounds finish, so a run that is stopped and resumed keeps its record
 (:func:`read_record` keeps the last row of a round written twice).
@@ -32,7 +38,7 @@ from flhelpers.results import append_csv_row
 __all__ = ["LFighterRecorder", "read_record", "record_path", "record_row", "record_summary", "records_table"]
 
 COLUMNS = ("round", "neurons", "top_neurons", "source_rank", "target_rank", "cluster_sizes", "reason",
-           "rejected", "tpr", "fpr", "oracle_tpr", "oracle_fpr")
+           "rejected", "tpr", "fpr", "oracle_tpr", "oracle_fpr", "clusters", "attacker_company")
 
 
 def _rates(bad: np.ndarray, attackers: np.ndarray) -> tuple[float, float]:
@@ -40,6 +46,29 @@ def _rates(bad: np.ndarray, attackers: np.ndarray) -> tuple[float, float]:
     tpr = float(bad[attackers].mean()) if attackers.any() else float("nan")
     fpr = float(bad[~attackers].mean()) if (~attackers).any() else float("nan")
     return tpr, fpr
+
+
+def _sizes(sizes: Any) -> list[int]:
+    """Cluster sizes as a list: Procedure 1 gives a list, Procedure 2 a ``{label: size}`` dict."""
+    return [int(v) for v in (sizes.values() if isinstance(sizes, dict) else sizes)]
+
+
+def _extreme_columns(info: dict[str, Any], attackers: np.ndarray) -> dict[str, str]:
+    """``clusters`` and ``attacker_company`` of a Procedure 2 round (empty strings otherwise)."""
+    if "cluster_top_neuron" not in info or "labels" not in info:
+        return {"clusters": "", "attacker_company": ""}
+    labels = np.asarray(info["labels"], dtype=int)
+    tops = {int(c): int(t) for c, t in info["cluster_top_neuron"].items()}
+    sizes = {int(c): int(n) for c, n in info["cluster_sizes"].items()}
+    own = np.asarray([p[0] for p in info["peer_top_neurons"]], dtype=int)
+    company = []
+    for c in sorted(set(labels[attackers].tolist())):
+        members = labels == c
+        honest = members & ~attackers
+        held = " ".join(map(str, sorted(set(own[honest].tolist()))))
+        company.append(f"{c}:{int((members & attackers).sum())}A+{int(honest.sum())}H[{held}]")
+    return {"clusters": " ".join(f"{c}:{sizes[c]}:{tops[c]}" for c in sorted(tops)),
+            "attacker_company": " ".join(company)}
 
 
 def record_row(rows: torch.Tensor, accepted: np.ndarray, attackers: np.ndarray, peer_ids: np.ndarray,
@@ -55,10 +84,11 @@ def record_row(rows: torch.Tensor, accepted: np.ndarray, attackers: np.ndarray, 
         "top_neurons": " ".join(map(str, order)),
         "source_rank": order.index(source) + 1 if source < len(order) else None,
         "target_rank": order.index(target) + 1 if target < len(order) else None,
-        "cluster_sizes": " ".join(map(str, info.get("cluster_sizes", []))),
+        "cluster_sizes": " ".join(map(str, _sizes(info.get("cluster_sizes", [])))),
         "reason": info.get("reason", ""),
         "rejected": " ".join(f"{int(k)}:{'A' if a else 'H'}" for k, a, b in zip(peer_ids, attackers, bad) if b),
         "tpr": tpr, "fpr": fpr, "oracle_tpr": None, "oracle_fpr": None,
+        **_extreme_columns(info, attackers),
     }
     if rows.shape[1] > max(source, target):
         feats = rows[:, [source, target], :].to(torch.float64).reshape(rows.shape[0], -1).cpu().numpy()
