@@ -3,7 +3,7 @@
 #
 # The paper, its code and the FL poisoning libraries we know test LFighter only against the attacker it was
 # designed for: every attacker flips all of its source-class labels, on one source-target pair, in every round.
-# This notebook asks what it takes to get past LFighter and the other rules (issue 20). Every attack is a
+# This notebook asks what it takes to get past LFighter and the other rules. Every attack is a
 # registered name of `flhelpers.attacks` (its module docstring gives its definition and source):
 #
 # * **partial flipping** (`partial-flip`, `q`): each attacker flips only a share `q` of its source-class samples;
@@ -21,7 +21,7 @@
 # images, one local epoch, lr 0.05), 40 % attackers, FedAvg and LFighter against every flip (the median against the
 # paper's flip and two pairs), and FedAvg, the median, Multi-Krum, FLAME and LFighter against the backdoor: a few
 # minutes on 2 CPU cores, and numbers to read as a sketch.
-# `medium`: MNIST-Mild's medium preset (100 peers, 40 rounds), 30 % and 40 %, all seven rules of the issue; it
+# `medium`: MNIST-Mild's medium preset (100 peers, 40 rounds), 30 % and 40 %, all seven rules; it
 # reads the runs committed under `results/reference/medium/` (`only_finished=True` draws those already there).
 # Compute them with `python -m flhelpers.studies.beyond --profile medium` (hours on 2 cores; finished runs are
 # skipped, so it can be stopped and started again), then draw them with
@@ -137,7 +137,7 @@ if len(rows):
     display(curve)
 
 # %% [markdown]
-# ## 5. A mend of LFighter, kept as an option (issue 20, section 3)
+# ## 5. A mend of LFighter, kept as an option
 #
 # Where two pairs get past Procedure 1 (it looks at the two largest neurons only), `LFighter(passes=2)` runs
 # Procedure 1 a second time on the peers it kept, on their own two largest neurons, and drops that pass's bad

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Related systems: FFL, loss-based user elimination, Krum under inner-product manipulation
 #
-# The three related systems of the seed documents (PAPER.md section 7), run in this lab as
+# Three related systems, each known from its public README (the project's notes on the paper, `PAPER.md` section 7), run in this lab as
 # first-class attacks and defenses (`flhelpers.attacks`, `flhelpers.defenses`), each reproducing the *shape* of its
 # README's main figure on MNIST:
 #
@@ -94,7 +94,7 @@ print(f"profile {profile}; FFL on {benchmarks}; user elimination and Krum on {ma
 #   the candidates' reputations are not selected (at most a quarter of the peers);
 # * weighting: `max(0, tanh(R - Q1))`; the median when every weight is 0.
 #
-# The public repository whose README is the seed (`anonymized30/FFL`) does more in its code, which
+# The public repository whose README we follow (`anonymized30/FFL`) does more in its code, which
 # we do **not** reproduce: each peer keeps its own reputation of its partners and, after the
 # warm-up, refuses to mix with partners in its bottom quartile; only updates that were exchanged are
 # aggregated; its score uses `1 - |n - m| / max |n - m|` and `(cos + 1) / 2`, credits each peer with
@@ -256,8 +256,8 @@ save_figure(plot_krum_ipm(krum, f"{main} ({profile})"), results_dir, "related", 
 # * **Clean Krum is stable and learns:** 84.1 % (mean of the last 5 of 20 rounds; the last round
 #   83.4 %). In the earlier setting (100 images per peer, batches of 10, lr 0.05, 15 rounds) one
 #   peer's noisy update decided the figure, which plotted the last round alone: the clean run ended
-#   at 9.8 % in issue 12 and at 33.8 % in our rerun before this change.
-# * **Krum holds with few attackers and falls as they grow,** as the seed reports: 84.0 % with 1
+#   at 9.8 % in an earlier version of this notebook and at 33.8 % in our rerun before this change.
+# * **Krum holds with few attackers and falls as they grow,** as the related-systems notes report: 84.0 % with 1
 #   attacker (never selected), 76.4 % with 3, 62.9 % with 5, 32.1 % with 7, 9.0 % with 11.
 # * Krum selects a poisoned update in only 1-4 of the 10 attacked rounds, but one selected
 #   `-mean` update undoes several rounds of training (7 attackers: 77 % after round 11, 31 % after

@@ -37,6 +37,8 @@ COPYABLE = ("config.json", "metrics.csv", "summary.json", "timings.csv")
 def run_all(args: argparse.Namespace, out: Path) -> None:
     configs = study_configs(args.profile)
     for cfg in reversed(configs) if args.reverse else configs:
+        if ("split" if cfg.defense_kwargs else "paper") not in args.rules:
+            continue
         rid = cfg.run_id()
         target = run_dir(out, rid)
         if is_finished(target):
@@ -110,6 +112,8 @@ def main() -> None:
     p.add_argument("--data-root", default=os.environ.get("FLHELPERS_DATA"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reverse", action="store_true")
+    p.add_argument("--rules", nargs="+", choices=("paper", "split"), default=["paper", "split"],
+                   help="run only these (e.g. split while run_reference.py --seeds computes the paper's)")
     p.add_argument("--summarize", action="store_true", help="only write rounds.csv and summary.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
