@@ -47,6 +47,23 @@ def test_table3_puts_ours_beside_the_paper_with_the_difference() -> None:
     assert "median (not run yet)" in md
 
 
+def test_other_benchmarks_section_shows_seeds_spread_and_the_written_finding(monkeypatch) -> None:
+    import flhelpers.studies.reference as reference
+
+    summaries = _summary_rows([("mnist-extreme", "lfighter", 0.4, s, 0.02, 0.8) for s in (0.80, 0.90, 0.70)])
+    summaries = summaries.assign(seed=[0, 1, 2], detection_tpr=1.0, detection_fpr=0.0)
+    others = reference.other_runs(summaries)
+    row = others.iloc[0]
+    assert (row["runs"], row["seeds"], row["Src-Acc range"]) == (3, "0 1 2", "70.0-90.0")
+    assert row["Src-Acc"] == pytest.approx(80.0) and row["Src-Acc sd"] == pytest.approx(10.0)
+    monkeypatch.setattr(reference, "OTHER_FINDINGS", {"mnist-extreme": "FINDING TEXT"})
+    md = reference.table3_markdown(table3(summaries), shape_checks(summaries), others=others)
+    section = md[md.index("**mnist-extreme**"):]
+    assert section.index("| lfighter | 40% | 3 |") < section.index("FINDING TEXT")
+    monkeypatch.setattr(reference, "OTHER_FINDINGS", {})
+    assert "FINDING TEXT" not in reference.table3_markdown(table3(summaries), shape_checks(summaries), others=others)
+
+
 def test_shape_checks_follow_the_issue_thresholds() -> None:
     rows = [("mnist-extreme", "fedavg", 0.0, 0.80, 0.01, 0.9), ("mnist-extreme", "fedavg", 0.4, 0.69, 0.2, 0.88),
             ("mnist-extreme", "lfighter", 0.4, 0.76, 0.05, 0.9), ("mnist-extreme", "median", 0.4, 0.0, 0.0, 0.31)]

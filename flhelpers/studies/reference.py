@@ -109,6 +109,10 @@ TABLE3_REASONS: dict[tuple[str, str], str] = {
         "weight share by 0.03-0.06; not re-run in this sweep)."),
 }
 
+#: what a benchmark's section of ``table3.md`` outside Table 3 adds below its table (written by
+#: hand from the studies named in it; :func:`table3_markdown`)
+OTHER_FINDINGS: dict[str, str] = {}
+
 
 def repository_root() -> Path:
     """The folder that holds ``flhelpers/`` (the repository, for an editable install)."""
@@ -384,6 +388,8 @@ def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medi
         for b in others["benchmark"].unique():
             part = others[others["benchmark"] == b].drop(columns="benchmark").set_index("defense")
             lines += [f"**{b}**. The paper: {PAPER_FIGURE_READINGS[b]}.", "", to_markdown(part, 1)]
+            if OTHER_FINDINGS.get(b):
+                lines += ["", OTHER_FINDINGS[b]]
     lines += ["", "## The shape the paper's results must keep at 40 % attackers", "",
               to_markdown(checks.set_index("benchmark"), 1) if len(checks) else "No runs yet."]
     return "\n".join(lines) + "\n"
@@ -472,7 +478,7 @@ def write_table3(results_dir: str | Path, profile: str = "medium", out_dir: str 
     return t3
 
 
-__all__ = ["PAPER_ALL_ACC_40", "REFERENCE_PROFILES", "TABLE3_REASONS", "README_MARKERS", "default_results_dir",
+__all__ = ["OTHER_FINDINGS", "PAPER_ALL_ACC_40", "REFERENCE_PROFILES", "TABLE3_REASONS", "README_MARKERS", "default_results_dir",
            "readme_tables", "reference_dir", "repository_root", "results_root", "results_store", "run_times",
            "seed_from_reference", "shape_checks", "table3", "table3_folders", "table3_markdown", "update_readme",
            "write_table3"]
