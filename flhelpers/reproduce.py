@@ -83,6 +83,27 @@ def _runs_this_python(argv0: str) -> bool:
         return False
 
 
+def kernel_manager_class() -> type | None:
+    """The kernel manager papermill starts the notebooks' kernel with: jupyter_client's, with
+    CurveZMQ transport encryption provisioned when the kernelspec supports it (``"auto"``).
+
+    ipykernel >= 7.3 warns at every start of a kernel reached over plain TCP ("Kernel is running
+    over TCP without encryption"); with the keys the kernel is encrypted and quiet. ``None`` (the
+    default manager) for a jupyter_client without the ``transport_encryption`` setting.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    if "transport_encryption" not in AsyncKernelManager.class_trait_names():
+        return None
+
+    class EncryptedKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.transport_encryption = "auto"
+
+    return EncryptedKernelManager
+
+
 def ensure_kernel() -> str:
     """A kernel name whose kernel runs this interpreter (so it can import flhelpers).
 
@@ -219,7 +240,7 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = medium_parameters(profile, force, compute_missing, parameters)
     params = notebook_parameters(profile, results, data_root, device, notebooks_dir(), force, parameters)
-    kernel = ensure_kernel()
+    kernel, manager = ensure_kernel(), kernel_manager_class()
     rows, failed = [], []
     for src in sources:
         target = out_dir / src.name
@@ -228,7 +249,8 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
         status = "ok"
         try:
             pm.execute_notebook(str(src), str(target), parameters=params, kernel_name=kernel,
-                                cwd=str(src.parent), progress_bar=False, log_output=log_output)
+                                cwd=str(src.parent), progress_bar=False, log_output=log_output,
+                                **({"kernel_manager_class": manager} if manager else {}))
         except pm.PapermillExecutionError as exc:
             status = f"failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
             failed.append(src.stem)
@@ -246,6 +268,6 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
     return 0
 
 
-__all__ = ["ALL_NOTEBOOKS", "MEDIUM_NOTEBOOKS", "NOTEBOOKS", "ensure_kernel", "medium_parameters",
+__all__ = ["ALL_NOTEBOOKS", "MEDIUM_NOTEBOOKS", "NOTEBOOKS", "ensure_kernel", "kernel_manager_class", "medium_parameters",
            "notebook_parameters", "notebook_path",
            "notebooks_dir", "reproduce", "resolve_notebooks", "write_timings"]

@@ -73,6 +73,24 @@ def test_kernel_runs_this_interpreter():
     assert _runs_this_python(sys.executable) and not _runs_this_python("/usr/bin/nonexistent-python")
 
 
+def test_reproduce_starts_the_kernel_without_the_plain_tcp_warning(tmp_path, capfd):
+    """ipykernel warns "Kernel is running over TCP without encryption" at every kernel start
+    unless the manager provisions CurveZMQ keys; reproduce's manager does, and the cell runs."""
+    import nbformat
+    import papermill as pm
+
+    from flhelpers.reproduce import kernel_manager_class
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    manager = kernel_manager_class()
+    assert manager is not None  # the installed jupyter_client has transport_encryption
+    out = pm.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), kernel_name=ensure_kernel(),
+                              progress_bar=False, kernel_manager_class=manager)
+    assert out.cells[0].outputs[0]["text"].strip() == "42"
+    assert "without encryption" not in "".join(capfd.readouterr())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes_and_writes_its_outputs(name, data_root, tmp_path):
