@@ -25,8 +25,9 @@ import pandas as pd
 import torch
 
 from flhelpers.fl.engine import run_experiment
-from flhelpers.results import is_finished, run_dir
-from flhelpers.studies.lfighter_seeds import study_configs, study_dir, study_rounds, study_summary
+from flhelpers.config import benchmark_config
+from flhelpers.results import is_finished, read_json, run_dir
+from flhelpers.studies.lfighter_seeds import BENCHMARK, study_configs, study_dir, study_rounds, study_summary
 from flhelpers.studies.lfighter_record import LFighterRecorder, record_path
 from flhelpers.studies.reference import reference_dir
 from flhelpers.studies.tables import to_markdown
@@ -78,6 +79,13 @@ def _same_as_reference(out: Path, reference: Path, rid: str) -> str:
     return "identical" if mine.read_bytes() == ref.read_bytes() else "DIFFERENT"
 
 
+def _fedavg_src_acc(reference: Path, profile: str, seed: int, ratio: float) -> float:
+    """Src-Acc (%, last-10 mean) of the reference store's FedAvg run of ``seed`` at ``ratio``; NaN if absent."""
+    cfg = benchmark_config(BENCHMARK, profile, defense="fedavg", attacker_ratio=ratio, seed=seed)
+    path = run_dir(reference, cfg.run_id())
+    return 100 * read_json(path / "summary.json")["source_accuracy"] if is_finished(path) else float("nan")
+
+
 def summarize(args: argparse.Namespace, out: Path) -> str:
     configs = study_configs(args.profile)
     rounds = study_rounds(out, configs)
@@ -86,8 +94,13 @@ def summarize(args: argparse.Namespace, out: Path) -> str:
     rounds.to_csv(out / "rounds.csv", index=False)
     summary = study_summary(rounds)
     summary["metrics_vs_reference"] = [_same_as_reference(out, args.reference, rid) for rid in summary["run_id"]]
-    means = summary.groupby("rule")[["src_acc", "asr", "all_acc", "tpr", "fpr"]].agg(["mean", "std", "min", "max"])
-    means.columns = [f"{a} {b}" for a, b in means.columns]
+    for ratio, name in ((0.0, "fedavg_0_src_acc"), (0.4, "fedavg_40_src_acc")):
+        summary[name] = [_fedavg_src_acc(args.reference, args.profile, int(seed), ratio) for seed in summary["seed"]]
+    means = summary.groupby("rule", sort=False)[["src_acc", "asr", "all_acc", "tpr", "fpr", "fedavg_0_src_acc",
+                                                  "fedavg_40_src_acc"]].agg(["mean", "std"])
+    means.columns = [f"{a} {'sd' if b == 'std' else b}" for a, b in means.columns]
+    means.insert(0, "seeds", summary.groupby("rule", sort=False)["seed"].apply(lambda x: " ".join(map(str, sorted(x)))))
+    summary = summary.sort_values(["rule", "seed"], key=lambda c: c.map({"paper": 0, "split": 1}) if c.name == "rule" else c)
     text = ("# LFighter on MNIST-Extreme across seeds: when Procedure 2 misses the attackers\n\n"
             "Written by `tools/lfighter_seeds_study.py` (module `flhelpers.studies.lfighter_seeds`). "
             "MNIST-Extreme at the `medium` structure (100 peers, one class each, 80 rounds), 40 % attackers "
@@ -97,8 +110,9 @@ def summarize(args: argparse.Namespace, out: Path) -> str:
             "`missed_rounds`: rounds with TPR < 1; `missed_before_learnt`: of those, rounds whose starting "
             "model had Src-Acc below 50 %; `missed_with_*`: whom the missed attackers were clustered with "
             "(`source`: the honest class-7 peers; `many`: a cluster of several classes; `target`: the "
-            "class-1 peers; `own`: attackers only). `rounds.csv` has every round.\n\n"
-            + to_markdown(summary.drop(columns=["run_id"]).set_index(["rule", "seed"]), digits=1)
+            "class-1 peers; `own`: attackers only); `fedavg_0_src_acc` / `fedavg_40_src_acc`: FedAvg's Src-Acc "
+            "at 0 % and 40 % attackers for the same seed (the reference store's runs). `rounds.csv` has every round.\n\n"
+            + to_markdown(summary.drop(columns=["run_id"]).set_index("rule"), digits=1)
             + "\n\nOver the seeds (sample sd):\n\n" + to_markdown(means, digits=1) + "\n")
     (out / "summary.md").write_text(text)
     return text

@@ -364,7 +364,8 @@ def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medi
         part = t3[t3["benchmark"] == bench]
         first = part.iloc[0]
         data = ("" if pd.isna(first.get("train_samples")) else
-                f"; {int(first['train_samples']):,} training images, drop_last {str(first['drop_last']).lower()}")
+                f"; {int(first['train_samples']):,} training {'reviews' if bench.startswith('imdb') else 'images'}, "
+                f"drop_last {str(first['drop_last']).lower()}")
         lines += [f"## {bench} (Table 3 row: {first['paper_row']}{data})", "",
                   "| defense | Src-Acc ours | paper | diff | ASR ours | paper | diff | All-Acc ours | paper | diff |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
