@@ -14,7 +14,17 @@ what each notebook runs, ``plots/`` the figures. Imports only flow down that lis
 
 from __future__ import annotations
 
-from flhelpers import attacks, defenses, models  # noqa: F401  (register every built-in name)
+import sys as _sys
+
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as _exc:  # the system Python, not the project's environment
+    raise ModuleNotFoundError(
+        f"flhelpers needs torch, which this Python ({_sys.executable}) cannot import ({_exc}). Use the project's "
+        f"environment: `make install` creates .venv; then `source .venv/bin/activate`, or run "
+        f"`.venv/bin/python -m flhelpers ...` (README, 'The environment').", name="torch") from _exc
+
+from flhelpers import attacks, defenses, models  # noqa: F401,E402  (register every built-in name)
 from flhelpers._version import __version__
 from flhelpers.config import BENCHMARKS, ConfigError, ExperimentConfig, benchmark_config  # noqa: E402
 from flhelpers.data import FLDataset, load_dataset  # noqa: E402

@@ -25,3 +25,18 @@ def test_run_prints_summary_and_run_dir(data_root, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "source_accuracy" in out.stdout and "attack_success_rate" in out.stdout
     assert str(tmp_path) in out.stdout
+
+
+def test_a_python_without_torch_is_told_to_use_the_project_environment(tmp_path):
+    """``python -m flhelpers`` with the system Python (no torch) names the environment to use,
+    instead of a bare ``No module named 'torch'`` traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = f"import sys; sys.modules['torch'] = None; sys.path.insert(0, {str(root)!r}); import flhelpers"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError: flhelpers needs torch") and "source .venv/bin/activate" in last
