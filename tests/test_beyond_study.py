@@ -139,8 +139,13 @@ def test_mend_table_sets_the_mended_rule_beside_the_papers():
 def test_figures_draw_from_the_tables():
     rows, plan = _rows(), _plan()
     for kind in ("src", "asr", "backdoor"):
-        fig = plot_attack_heatmap(beyond.attack_table(rows, plan, kind, 0.4), kind, "toy")
+        table = beyond.attack_table(rows, plan, kind, 0.4)
+        fig = plot_attack_heatmap(table, kind, "toy")
         assert len(fig.axes) == 2  # the heatmap and its colour bar
+        # a cell the study did not run reads "not run", not blank
+        assert [t.get_text() for t in fig.axes[0].texts].count("not run") == int(table.isna().to_numpy().sum())
+    src = beyond.attack_table(rows, plan, "src", 0.4)
+    assert src.isna().to_numpy().any()  # the toy plan leaves cells out, so the count above is tested
     with pytest.raises(ValueError, match="kind must be one of"):
         plot_attack_heatmap(beyond.attack_table(rows, plan, "src", 0.4), "loss", "toy")
     assert len(plot_lfighter_detection(beyond.lfighter_detection(rows, plan), "toy").axes) == 1

@@ -2,7 +2,7 @@
 LFighter's detection per attack, and the camouflage trade-off.
 
 Each takes a table of :mod:`flhelpers.studies.beyond` (values in %) and draws it with the house
-style; cells not run stay blank.
+style; cells not run read "not run".
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from flhelpers.plots.style import defense_label, styled
+from flhelpers.plots.style import defense_label, mark_not_run, styled
 
 #: (table kind, title, colour map, high is good)
 PANELS = {"src": ("Src-Acc (%)", "YlGn"), "asr": ("ASR (%)", "OrRd"), "backdoor": ("backdoor ASR (%)", "OrRd")}
@@ -34,6 +34,7 @@ def plot_attack_heatmap(table: pd.DataFrame, kind: str, title: str) -> Figure:
     fig, ax = plt.subplots(figsize=(2.5 + 1.25 * cols, 2.8 + 0.45 * rows))
     sns.heatmap(shown, ax=ax, annot=True, fmt=".1f", vmin=0.0, vmax=100.0, cmap=cmap, linewidths=0.5,
                 linecolor="white", cbar_kws={"label": label})
+    mark_not_run(ax, shown)
     ax.axvline(1, color="white", linewidth=4)
     ax.set_title(f"{title}: {label}")
     ax.set_xlabel("attack")

@@ -9,12 +9,11 @@ blank. Drawn with seaborn's :func:`seaborn.heatmap`.
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from flhelpers.plots.style import METRIC_LABELS, defense_label, require_columns, styled
+from flhelpers.plots.style import METRIC_LABELS, defense_label, mark_not_run, require_columns, styled
 from flhelpers.studies.tables import metric_table
 
 #: (metric, short name, colour map): high Src-Acc is good (green), high ASR is bad (red)
@@ -47,8 +46,7 @@ def plot_defense_heatmaps(summaries: pd.DataFrame, title: str) -> Figure:
     for ax, table, (metric, short, cmap) in zip(axes[0], tables, HEATMAP_PANELS):
         sns.heatmap(table, ax=ax, annot=True, fmt=".1f", vmin=0.0, vmax=100.0, cmap=cmap, linewidths=0.5,
                     linecolor="white", cbar_kws={"label": METRIC_LABELS.get(metric, short)})
-        for i, j in zip(*np.nonzero(table.isna().to_numpy())):  # a blank cell would read as missing data
-            ax.text(j + 0.5, i + 0.5, "not run", ha="center", va="center", fontsize=8, color="#777777")
+        mark_not_run(ax, table)
         ax.set_title(short)
         ax.set_xlabel("attacker ratio")
         ax.set_ylabel("defense")

@@ -121,6 +121,16 @@ def show(fig: Figure, results_dir: str | Path, benchmark: str, name: str) -> Pat
     return path
 
 
+def mark_not_run(ax: "plt.Axes", table: pd.DataFrame) -> None:
+    """Write "not run" in every NaN cell of an annotated heatmap of ``table`` on ``ax`` (a blank
+    cell would read as missing data, or as 0)."""
+    missing = table.isna().to_numpy()
+    for i in range(missing.shape[0]):
+        for j in range(missing.shape[1]):
+            if missing[i, j]:
+                ax.text(j + 0.5, i + 0.5, "not run", ha="center", va="center", fontsize=8, color="#777777")
+
+
 __all__ = ["ATTACKER_STYLE", "BENCHMARK_TITLES", "DEFENSE_COLORS", "DEFENSE_LABELS", "DPI", "HONEST_STYLE", "PERCENT_METRICS",
-           "METRIC_LABELS", "STYLE", "close", "defense_color", "defense_label", "ordered_defenses",
+           "METRIC_LABELS", "STYLE", "close", "defense_color", "defense_label", "mark_not_run", "ordered_defenses",
            "require_columns", "save_figure", "scale_title", "show", "styled"]
