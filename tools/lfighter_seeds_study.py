@@ -7,7 +7,8 @@ Runs :func:`flhelpers.studies.lfighter_seeds.study_configs` (LFighter, the paper
 ``split_by_own_top``, seeds 0-3, MNIST-Extreme at ``medium``, 40 %) into ``<out>/runs``, each with
 its per-round record (``<out>/records/<run-id>.csv``). A run of the reference store (``--reference``)
 that has a record is copied with it instead of recomputed (``tools/run_reference.py --seeds 1 2 3``
-writes those); seed 0's reference run predates the record and is recomputed here (its metrics must
+writes those; one it has not finished is skipped, not computed twice); seed 0's reference run
+predates the record and is recomputed here (its metrics must
 equal the committed ones: ``--summarize`` says whether they do). Runs resume; a run being computed
 holds ``runs/<run-id>.lock``, so a second process with ``--reverse`` can share the plan.
 ``--summarize`` only writes ``rounds.csv`` and ``summary.md``.
@@ -53,6 +54,10 @@ def run_all(args: argparse.Namespace, out: Path) -> None:
             record_path(out, rid).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ref_record, record_path(out, rid))
             print(f"seed {cfg.seed} {cfg.defense_kwargs or 'paper'} {rid}: copied from {args.reference}", flush=True)
+            continue
+        if not cfg.defense_kwargs and not is_finished(ref):  # the reference store's own run: computed there
+            print(f"seed {cfg.seed} paper {rid}: not in {args.reference} yet; compute it with "
+                  f"tools/run_reference.py --benchmarks {cfg.benchmark} --seeds {cfg.seed}, then rerun", flush=True)
             continue
         lock = out / "runs" / f"{rid}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
