@@ -22,6 +22,8 @@ SRC, TGT = 7, 1
     ("2:4A+10H[1]", 0.0, "target"),         # with the class-1 peers
     ("5:4A+0H[]", 0.0, "own"),              # a cluster of their own, missed anyway
     ("-1:3A+0H[] 4:1A+5H[7]", 0.25, "source"),  # noise is rejected: the cluster decides
+    ("3:1A+6H[7] 4:3A+0H[]", 0.75, "source"),  # the attackers' own cluster was the rejected one
+    ("3:1A+6H[7] 5:2A+10H[1]", 0.0, "target"),  # among mixed clusters, the one with most attackers
     ("2:4A+0H[]", 1.0, ""),                 # nothing missed
     ("", 0.0, ""),                          # no Procedure 2 clusters recorded
     (float("nan"), float("nan"), ""),       # no attacker in the round

@@ -66,17 +66,21 @@ def miss_kind(company: str, tpr: float, source: int, target: int) -> str:
     """Whom a round's missed attackers were clustered with (module docstring), from a record's
     ``attacker_company`` (``label:nA+nH[tops]`` per cluster holding attackers) and its TPR.
 
-    The cluster holding most attackers outside noise decides (noise is always rejected)."""
+    Noise is always rejected, and a cluster of attackers alone is rejected whenever another
+    cluster shares its top neuron, so the missed attackers are looked for first among clusters
+    that also hold honest peers: the one of those holding most attackers decides; only without
+    such a cluster the kind is ``own``."""
     if not isinstance(company, str) or not company.strip() or not tpr < 1.0:
         return ""
-    best: tuple[int, set[int], int] | None = None
+    best: tuple[int, int, set[int], int] | None = None
     for label, n_att, n_hon, held in _COMPANY.findall(company):
         tops = {int(t) for t in held.replace(",", " ").split()}
-        if int(label) >= 0 and (best is None or int(n_att) > best[0]):
-            best = (int(n_att), tops, int(n_hon))
+        key = (int(n_hon) > 0, int(n_att))
+        if int(label) >= 0 and (best is None or key > best[:2]):
+            best = (*key, tops, int(n_hon))
     if best is None:
         return ""
-    _, tops, n_hon = best
+    _, _, tops, n_hon = best
     if n_hon == 0:
         return "own"
     if len(tops) > 1:
