@@ -23,6 +23,7 @@ outside ``<results_dir>/runs``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -32,7 +33,7 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
@@ -173,6 +174,33 @@ def run_dir(results_dir: str | os.PathLike, run_id: str) -> Path:
 def is_finished(path: Path) -> bool:
     """Whether the run folder holds a summary (written last, so the run completed)."""
     return (Path(path) / SUMMARY).is_file()
+
+
+@contextlib.contextmanager
+def claim_run(results_dir: str | os.PathLike, run_id: str) -> Iterator[bool]:
+    """Hold ``<results_dir>/runs/<run-id>.lock`` while the block runs: yields ``True`` when this
+    process created the lock (and removes it on exit, even on error), ``False`` when another
+    process holds it, so two processes can share one plan of runs."""
+    lock = Path(results_dir) / "runs" / f"{run_id}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def finished_metrics(results_dir: str | os.PathLike, configs: Sequence[Any]) -> Iterator[tuple[Any, str, pd.DataFrame]]:
+    """``(config, run id, metrics.csv)`` of each run of ``configs`` that is finished in ``results_dir``."""
+    for cfg in configs:
+        rid = cfg.run_id()
+        path = run_dir(results_dir, rid)
+        if is_finished(path):
+            yield cfg, rid, pd.read_csv(path / "metrics.csv")
 
 
 def read_json(path: Path) -> Any:

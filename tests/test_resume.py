@@ -331,3 +331,22 @@ def test_symlinked_run_folder_pointing_outside_is_refused(tmp_path):
 def test_atomic_text_write_round_trip(tmp_path):
     atomic_write_text(tmp_path / "a.txt", "héllo\n")
     assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "héllo\n"
+
+
+def test_claim_run_holds_the_lock_once_and_frees_it_even_on_error(tmp_path):
+    from flhelpers.results import claim_run
+
+    lock = tmp_path / "runs" / "abc.lock"
+    with claim_run(tmp_path, "abc") as mine:
+        assert mine and lock.is_file()
+        with claim_run(tmp_path, "abc") as second:  # another process sees it taken
+            assert not second
+        assert lock.is_file()  # the refused claim left the holder's lock alone
+    assert not lock.exists()
+    try:
+        with claim_run(tmp_path, "abc") as mine:
+            assert mine
+            raise RuntimeError("a run that fails")
+    except RuntimeError:
+        pass
+    assert not lock.exists()

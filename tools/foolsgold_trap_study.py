@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from flhelpers.fl.engine import run_experiment
-from flhelpers.results import is_finished, run_dir
+from flhelpers.results import claim_run, is_finished, run_dir
 from flhelpers.studies.foolsgold_trap import (WeightShareRecorder, share_path, study_configs, trap_rounds,
                                               trap_summary)
 from flhelpers.studies.tables import to_markdown
@@ -46,19 +46,13 @@ def run_all(args: argparse.Namespace, out: Path) -> None:
                     shutil.copy2(ref / name, target / name)
             print(f"{cfg.defense} k={cfg.poisoned_rounds} {rid}: copied from {args.reference}", flush=True)
             continue
-        lock = out / "runs" / f"{rid}.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            print(f"{rid}: locked by another process", flush=True)
-            continue
         t0 = time.time()
-        try:
+        with claim_run(out, rid) as mine:
+            if not mine:
+                print(f"{rid}: locked by another process", flush=True)
+                continue
             recorder = WeightShareRecorder(share_path(out, rid), target / "config.json", cfg.source_class)
             run_experiment(cfg, data_root=args.data_root, results_dir=out, progress=False, on_round=recorder)
-        finally:
-            lock.unlink(missing_ok=True)
         print(f"{time.strftime('%H:%M:%S')} {cfg.benchmark} {cfg.defense} k={cfg.poisoned_rounds} lr={cfg.lr:g} "
               f"E={cfg.local_epochs} {rid}: {time.time() - t0:.0f} s", flush=True)
 

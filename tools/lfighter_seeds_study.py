@@ -27,7 +27,7 @@ import torch
 
 from flhelpers.fl.engine import run_experiment
 from flhelpers.config import benchmark_config
-from flhelpers.results import is_finished, read_json, run_dir
+from flhelpers.results import claim_run, is_finished, read_json, run_dir
 from flhelpers.studies.lfighter_seeds import BENCHMARK, study_configs, study_dir, study_rounds, study_summary
 from flhelpers.studies.lfighter_record import LFighterRecorder, record_path
 from flhelpers.studies.reference import reference_dir
@@ -59,19 +59,13 @@ def run_all(args: argparse.Namespace, out: Path) -> None:
             print(f"seed {cfg.seed} paper {rid}: not in {args.reference} yet; compute it with "
                   f"tools/run_reference.py --benchmarks {cfg.benchmark} --seeds {cfg.seed}, then rerun", flush=True)
             continue
-        lock = out / "runs" / f"{rid}.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            print(f"{rid}: locked by another process", flush=True)
-            continue
         t0 = time.time()
-        try:
+        with claim_run(out, rid) as mine:
+            if not mine:
+                print(f"{rid}: locked by another process", flush=True)
+                continue
             recorder = LFighterRecorder(record_path(out, rid), cfg.source_class, cfg.target_class)
             run_experiment(cfg, data_root=args.data_root, results_dir=out, progress=False, on_round=recorder)
-        finally:
-            lock.unlink(missing_ok=True)
         print(f"{time.strftime('%H:%M:%S')} seed {cfg.seed} {cfg.defense_kwargs or 'paper'} {rid}: "
               f"{time.time() - t0:.0f} s", flush=True)
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from flhelpers.config import ExperimentConfig, benchmark_config
-from flhelpers.results import append_csv_row, is_finished, run_dir
+from flhelpers.results import append_csv_row, finished_metrics
 from flhelpers.studies.reference import reference_dir
 
 __all__ = ["ARXIV_SETTING", "SWEEP_DEFENSES", "SWEEP_K", "WeightShareRecorder", "read_shares",
@@ -152,12 +152,7 @@ def trap_rounds(results_dir: str | Path, configs: Sequence[ExperimentConfig]) ->
     where the run has no record), with ``label``, ``defense``, ``poisoned_rounds``, ``lr``,
     ``local_epochs`` and ``benchmark``."""
     frames = []
-    for cfg in configs:
-        rid = cfg.run_id()
-        path = run_dir(results_dir, rid)
-        if not is_finished(path):
-            continue
-        metrics = pd.read_csv(path / "metrics.csv")
+    for cfg, rid, metrics in finished_metrics(results_dir, configs):
         shares = share_path(results_dir, rid)
         if shares.is_file():
             metrics = metrics.merge(read_shares(shares).drop(columns=["weights"]), on="round", how="left")

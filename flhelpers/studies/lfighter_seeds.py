@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from flhelpers.config import ExperimentConfig, benchmark_config
-from flhelpers.results import is_finished, run_dir
+from flhelpers.results import finished_metrics
 from flhelpers.studies.lfighter_record import read_record, record_path
 from flhelpers.studies.reference import reference_dir
 
@@ -94,12 +94,8 @@ def study_rounds(results_dir: str | Path, configs: Sequence[ExperimentConfig]) -
     trained from, the previous round's; NaN in round 0), and from the record ``tpr``, ``fpr``,
     ``clusters``, ``attacker_company`` and :func:`miss_kind` as ``missed_with``."""
     frames = []
-    for cfg in configs:
-        rid = cfg.run_id()
-        path = run_dir(results_dir, rid)
-        if not is_finished(path):
-            continue
-        m = pd.read_csv(path / "metrics.csv")[["round", "accuracy", "source_accuracy", "attack_success_rate"]]
+    for cfg, rid, metrics in finished_metrics(results_dir, configs):
+        m = metrics[["round", "accuracy", "source_accuracy", "attack_success_rate"]].copy()
         m["src_acc_before"] = m["source_accuracy"].shift(1)
         rec_path = record_path(results_dir, rid)
         if rec_path.is_file():
