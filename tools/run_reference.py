@@ -9,7 +9,8 @@ reference run's first rounds exactly). The FedAvg run at the capture ratio is co
 Finished runs are skipped and unfinished ones resume, so the script can be stopped and started
 again. ``--only`` keeps the configurations whose defense is listed. A run being computed holds
 ``runs/<run-id>.lock``, so two processes can work through the same plan (one with
-``--reverse``); remove stale locks after a crash. LFighter runs write their per-round record
+``--reverse``); a stopped process (Ctrl-C, SIGTERM) removes its lock, remove it by hand only
+after a hard kill. LFighter runs write their per-round record
 (:class:`flhelpers.studies.lfighter_record.LFighterRecorder`) to ``records/<run-id>.csv``.
 ``--seeds`` runs the plan at other seeds, e.g. MNIST-Extreme's FedAvg and LFighter over seeds 1-3
 (issue 19, section 3): ``--benchmarks mnist-extreme --seeds 1 2 3 --skip median``.
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +48,8 @@ def main() -> None:
     p.add_argument("--results-dir", default=None, help="default: results/reference/<profile>")
     p.add_argument("--data-root", default=os.environ.get("FLHELPERS_DATA"))
     args = p.parse_args()
+    # SIGTERM (kill, a session's end) unwinds like Ctrl-C, so the lock of the run being computed goes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     torch.set_num_threads(args.threads)
     out = Path(args.results_dir or f"results/reference/{args.profile}")
     for b in args.benchmarks:
@@ -64,13 +69,17 @@ def main() -> None:
                     print(f"{b} {cfg.defense} {cfg.attacker_ratio:.0%} {rid}: locked by another process", flush=True)
                     continue
             t0 = time.time()
-            if rid == capture_id:
-                capture_gradients(cfg, args.data_root, out, progress=False)
-            elif not done:
-                record = (LFighterRecorder(record_path(out, rid), cfg.source_class, cfg.target_class)
-                          if cfg.defense == "lfighter" else None)
-                run_experiment(cfg, data_root=args.data_root, results_dir=out, progress=False, on_round=record)
-            lock.unlink(missing_ok=True)
+            try:
+                if rid == capture_id:
+                    capture_gradients(cfg, args.data_root, out, progress=False)
+                elif not done:
+                    record = (LFighterRecorder(record_path(out, rid), cfg.source_class, cfg.target_class)
+                              if cfg.defense == "lfighter" else None)
+                    run_experiment(cfg, data_root=args.data_root, results_dir=out, progress=False,
+                                   on_round=record)
+            finally:  # also when stopped (Ctrl-C, SIGTERM): the run resumes from its checkpoint later
+                if not done:
+                    lock.unlink(missing_ok=True)
             print(f"{time.strftime('%H:%M:%S')} {b} {cfg.defense} {cfg.attacker_ratio:.0%} {rid} "
                   f"{'reused' if done and rid != capture_id else f'{time.time() - t0:.0f} s'}", flush=True)
 
