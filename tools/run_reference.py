@@ -31,7 +31,7 @@ from flhelpers.studies.gradients import capture_gradients
 from flhelpers.studies.lfighter_record import LFighterRecorder, record_path
 from flhelpers.fl.engine import run_experiment
 from flhelpers.studies.paper import capture_config, make_grid
-from flhelpers.results import is_finished, run_dir
+from flhelpers.results import claim_run, is_finished, run_dir
 
 
 def main() -> None:
@@ -59,30 +59,26 @@ def main() -> None:
             if (args.only is not None and cfg.defense not in args.only) or cfg.defense in args.skip:
                 continue
             rid = cfg.run_id()
-            done = is_finished(run_dir(out, rid))
-            lock = out / "runs" / f"{rid}.lock"
-            if not done:
-                lock.parent.mkdir(parents=True, exist_ok=True)
-                try:  # another process computes this run: leave it to that one
-                    os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                except FileExistsError:
-                    print(f"{b} {cfg.defense} {cfg.attacker_ratio:.0%} {rid}: locked by another process", flush=True)
-                    continue
+            tag = f"{b} {cfg.defense} {cfg.attacker_ratio:.0%} {rid}"
+            if is_finished(run_dir(out, rid)):
+                if rid == capture_id:  # the run is reused; only a missing capture is computed
+                    capture_gradients(cfg, args.data_root, out, progress=False)
+                print(f"{time.strftime('%H:%M:%S')} {tag} reused", flush=True)
+                continue
             t0 = time.time()
-            try:
+            # the lock goes also when stopped (Ctrl-C, SIGTERM): the run resumes from its checkpoint later
+            with claim_run(out, rid) as mine:
+                if not mine:
+                    print(f"{tag}: locked by another process", flush=True)
+                    continue
                 if rid == capture_id:
                     capture_gradients(cfg, args.data_root, out, progress=False)
-                elif not done:
+                else:
                     record = (LFighterRecorder(record_path(out, rid), cfg.source_class, cfg.target_class)
                               if cfg.defense == "lfighter" else None)
                     run_experiment(cfg, data_root=args.data_root, results_dir=out, progress=False,
                                    on_round=record)
-            finally:  # also when stopped (Ctrl-C, SIGTERM): the run resumes from its checkpoint later
-                if not done:
-                    lock.unlink(missing_ok=True)
-            print(f"{time.strftime('%H:%M:%S')} {b} {cfg.defense} {cfg.attacker_ratio:.0%} {rid} "
-                  f"{'reused' if done and rid != capture_id else f'{time.time() - t0:.0f} s'}", flush=True)
-
+            print(f"{time.strftime('%H:%M:%S')} {tag} {time.time() - t0:.0f} s", flush=True)
 
 if __name__ == "__main__":
     main()
