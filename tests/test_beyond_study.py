@@ -43,6 +43,19 @@ def test_medium_plan_has_every_rule_both_ratios_and_model_replacement():
         beyond.beyond_plan("fast")
 
 
+def test_select_runs_keeps_the_ratio_key_and_rule_asked_for_and_the_clean_runs():
+    runs = beyond.planned_runs(beyond.beyond_plan("medium"))
+    at40 = beyond.select_runs(runs, ratios=[0.4])
+    # 68 at 40 %, the 2 clean runs with them; 63 at 30 % left out
+    assert len(at40) == 70 and {r.config.attacker_ratio for r in at40} == {0.0, 0.4}
+    assert [r for r in runs if r in at40] == at40  # plan order kept
+    backdoor_median = beyond.select_runs(runs, ratios=[0.3], keys=["backdoor"], defenses=["median"])
+    assert [(r.key, r.config.defense, r.config.attacker_ratio) for r in backdoor_median] == [("backdoor", "median", 0.3)]
+    assert beyond.select_runs(runs) == runs
+    with pytest.raises(ValueError, match=r"Unknown attack key\(s\) \['flop'\]; valid: .*'flip'"):
+        beyond.select_runs(runs, keys=["flop"])
+
+
 def _rows() -> pd.DataFrame:
     """Hand-made summary rows: the clean runs, then FedAvg and LFighter under the flip, two pairs,
     camouflage, and a backdoor."""

@@ -498,10 +498,30 @@ def defense_attack_table(rows: pd.DataFrame, plan: BeyondPlan, ratio: float | No
     return table
 
 
+def select_runs(runs: Sequence[PlannedRun], ratios: Sequence[float] | None = None,
+                keys: Sequence[str] | None = None, defenses: Sequence[str] | None = None) -> list[PlannedRun]:
+    """The runs of ``runs`` at one of ``ratios``, with one of the attack ``keys`` and one of the
+    ``defenses`` (``None``: no filter), in their order; the clean runs (ratio 0) pass any ratio
+    filter, since every attack's table needs them."""
+    def keep(r: PlannedRun) -> bool:
+        c = r.config
+        return ((ratios is None or c.attacker_ratio == 0 or any(np.isclose(c.attacker_ratio, x) for x in ratios))
+                and (keys is None or r.key in keys) and (defenses is None or c.defense in defenses))
+
+    if keys is not None:
+        known = {r.key for r in runs}
+        unknown = sorted(set(keys) - known)
+        if unknown:
+            raise ValueError(f"Unknown attack key(s) {unknown}; valid: {sorted(known)}.")
+    return [r for r in runs if keep(r)]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m flhelpers.studies.beyond --profile medium``: compute the study's runs of a profile
-    (finished runs are skipped, unfinished ones resume) into ``--results-dir`` (default: the
-    profile's store, ``results/reference/medium`` at medium)."""
+    """``python -m flhelpers.studies.beyond --profile medium [--ratios 0.4] [--keys flip pairs]``:
+    compute the study's runs of a profile (finished runs are skipped, unfinished ones resume) into
+    ``--results-dir`` (default: the profile's store, ``results/reference/medium`` at medium).
+    ``--ratios``, ``--keys`` and ``--defenses`` compute a part of the plan first (the clean runs
+    always come along)."""
     import argparse
 
     from flhelpers.studies.reference import default_results_dir
@@ -511,11 +531,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--results-dir", default=None)
     p.add_argument("--data-root", default=None)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--ratios", type=float, nargs="+", default=None, help="attacker ratios to compute (default: all)")
+    p.add_argument("--keys", nargs="+", default=None, help="attack keys to compute (default: all)")
+    p.add_argument("--defenses", nargs="+", default=None, help="rules to compute (default: all)")
     args = p.parse_args(argv)
     results = args.results_dir or default_results_dir(args.profile)
-    rows = run_beyond(planned_runs(beyond_plan(args.profile)), args.data_root, results, workers=args.workers)
+    try:
+        runs = select_runs(planned_runs(beyond_plan(args.profile)), args.ratios, args.keys, args.defenses)
+    except ValueError as e:
+        p.error(str(e))
+    rows = run_beyond(runs, args.data_root, results, workers=args.workers)
     print(f"{len(rows)} runs in {results}")
-
 
 if __name__ == "__main__":
     main()
@@ -524,4 +550,4 @@ if __name__ == "__main__":
 __all__ = ["ALL_DEFENSES", "MEND_KWARGS", "BeyondAttack", "mend_table", "BeyondPlan", "HOLD_MARGIN", "PlannedRun", "SECOND_PAIR", "attack_table",
            "beyond_plan", "camouflage_curve", "clean_value", "defense_attack_table", "findings", "headline_metrics",
            "holds", "lfighter_detection", "neuron_choices", "no_attack_row", "only_finished_runs", "planned_runs",
-           "record_path", "run_beyond", "study_attacks", "verdicts", "write_findings"]
+           "record_path", "run_beyond", "select_runs", "study_attacks", "verdicts", "write_findings"]
