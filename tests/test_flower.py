@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ from flhelpers.models import build_model  # noqa: E402
 from flhelpers.params import flatten_params, layout_of, load_flat_params  # noqa: E402
 from flhelpers.registry import DEFENSES  # noqa: E402
 from flhelpers.seeding import derive_seed  # noqa: E402
+from processes import free_port, stop_processes_using  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_CONFIG = {"num-clients": 10, "attacker-ratio": 0.3, "num-server-rounds": 3,
@@ -165,34 +165,6 @@ def test_layout_is_guessed_from_a_state_dict():
     assert guessed == layout_of(model)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_superlink(flwr_home: str) -> None:
-    """End the local SuperLink started under ``flwr_home`` and everything it started, by pid."""
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if not any(flwr_home in part for part in (p.info["cmdline"] or [])):
-                continue
-            procs = [p, *p.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        for q in procs:
-            try:
-                q.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=15)
-        for q in alive:
-            try:
-                q.kill()
-            except psutil.NoSuchProcess:
-                pass
-
-
 @pytest.mark.slow
 def test_example_runs_on_flowers_simulation_engine(data_root, tmp_path):
     """`flwr run examples/flower`: LFighter rejects the 3 flippers each round, FedAvg does not."""
@@ -202,7 +174,7 @@ def test_example_runs_on_flowers_simulation_engine(data_root, tmp_path):
            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "RAY_USAGE_STATS_ENABLED": "0",
            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
            # our own local SuperLink, not one another user left running on the default ports
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port())}
+           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
     results = {}
     try:
         for defense in ("lfighter", "fedavg"):
@@ -216,7 +188,7 @@ def test_example_runs_on_flowers_simulation_engine(data_root, tmp_path):
             assert f"flhelpers round 3: {defense} rejected" in proc.stdout + proc.stderr
             results[defense] = json.loads(out.read_text())
     finally:
-        _stop_superlink(flwr_home)
+        stop_processes_using(flwr_home)
     assert not any(flwr_home in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
     flippers = results["lfighter"]["flippers"]
     assert len(flippers) == 3

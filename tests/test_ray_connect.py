@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 
 from flhelpers.config import ConfigError
+from processes import free_port
 
 pytest.importorskip("ray", reason='Ray is not installed: pip install -e ".[ray]"')
 pytestmark = pytest.mark.ray
-
-
-def _closed_port() -> int:
-    """A loopback port nobody listens on (bound once, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_grid_on_an_unreachable_ray_address_says_so_before_any_run(tmp_path: Path,
@@ -26,7 +20,7 @@ def test_grid_on_an_unreachable_ray_address_says_so_before_any_run(tmp_path: Pat
 
     from flhelpers.cli import main
 
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     rc = main(["grid", "--benchmarks", "mnist-iid", "--defenses", "fedavg", "--ratios", "0", "--rounds", "1",
                "--set", "num_peers=5", "--set", "train_subset=600", "--results-dir", str(tmp_path),
                "--executor", "ray", "--address", address, "--no-progress"])
@@ -58,4 +52,4 @@ def test_probe_passes_a_listening_port() -> None:
         server.listen()
         probe_address(f"127.0.0.1:{server.getsockname()[1]}")  # no error
     with pytest.raises(ConfigError, match="Cannot reach a Ray cluster"):
-        probe_address(f"127.0.0.1:{_closed_port()}")
+        probe_address(f"127.0.0.1:{free_port()}")

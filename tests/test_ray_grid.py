@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from flhelpers.fl.checkpoint import load_checkpoint
 from flhelpers.fl.grid import run_grid
 from flhelpers.studies.paper import make_grid
 from flhelpers.results import load_results, run_dir
+from processes import free_port, processes_using, stop_processes_using
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install -e ".[ray]"')
 
@@ -67,45 +67,11 @@ def _assert_same_runs(ref_dir: Path, other_dir: Path, run_ids) -> None:
         assert not (b / "checkpoint.pt").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _processes_using(marker: str) -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(marker in part for part in (p.info["cmdline"] or [])):
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
-def _stop_cluster(temp_dir: str) -> None:
-    """End the processes of the cluster whose temp dir is ``temp_dir`` (only those), by pid."""
-    procs = _processes_using(temp_dir)
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
-
-
 def test_cluster_on_loopback_driver_joins_by_address(local_runs, data_root, tmp_path):
     """`ray start --head` on loopback; `flhelpers grid --executor ray --address` joins it."""
     ref_dir, configs, _ = local_runs
     temp_dir = tempfile.mkdtemp(prefix="flr", dir="/tmp")  # short: Ray's socket paths live under it
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "FLHELPERS_DATA": str(data_root), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     ray_cli = str(Path(sys.executable).with_name("ray"))
     try:
@@ -118,7 +84,7 @@ def test_cluster_on_loopback_driver_joins_by_address(local_runs, data_root, tmp_
              "--address", f"127.0.0.1:{port}", "--cpus-per-run", "1", "--no-progress"],
             env=env, capture_output=True, text=True, timeout=300)
     finally:
-        _stop_cluster(temp_dir)
+        stop_processes_using(temp_dir, timeout=10)
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "1 run (1 computed, 0 reused)" in out.stdout and "on the ray executor" in out.stdout
@@ -127,7 +93,7 @@ def test_cluster_on_loopback_driver_joins_by_address(local_runs, data_root, tmp_
     expected = [c.run_id() for c in configs if c.attacker_ratio == 0.4 and c.defense == "lfighter"]
     assert list(table["run_id"]) == expected
     _assert_same_runs(ref_dir, tmp_path, expected)  # numbers identical to the local executor's
-    assert not _processes_using(temp_dir)
+    assert not processes_using(temp_dir)
 
 
 @pytest.fixture(scope="module")
