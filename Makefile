@@ -45,6 +45,7 @@ lab: $(VENV)/.installed
 benchmarks: $(VENV)/.installed
 	$(PY) benchmarks/aggregation.py
 	$(PY) benchmarks/round_speed.py
+	$(PY) benchmarks/round_shares.py
 
 clean-results:
 	rm -rf $(or $(RESULTS),results)/runs $(or $(RESULTS),results)/notebooks
