@@ -519,7 +519,8 @@ def select_runs(runs: Sequence[PlannedRun], ratios: Sequence[float] | None = Non
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m flhelpers.studies.beyond --profile medium [--ratios 0.4] [--keys flip pairs]``:
     compute the study's runs of a profile (finished runs are skipped, unfinished ones resume) into
-    ``--results-dir`` (default: the profile's store, ``results/reference/medium`` at medium).
+    ``--results-dir`` (default: the profile's working store, ``results/medium`` at medium, git-ignored;
+    ``--results-dir results/reference/medium`` computes the committed reference runs).
     ``--ratios``, ``--keys`` and ``--defenses`` compute a part of the plan first (the clean runs
     always come along)."""
     import argparse
