@@ -163,3 +163,58 @@ def test_figures_draw_from_the_tables():
         plot_attack_heatmap(beyond.attack_table(rows, plan, "src", 0.4), "loss", "toy")
     assert len(plot_lfighter_detection(beyond.lfighter_detection(rows, plan), "toy").axes) == 1
     assert len(plot_camouflage_curve(beyond.camouflage_curve(rows, plan), "toy").axes) == 2
+
+
+def _tiny_lfighter():
+    from flhelpers.config import benchmark_config
+
+    return benchmark_config("mnist-mild", "quick", defense="lfighter", attacker_ratio=0.4, num_peers=5,
+                            train_subset=600, test_subset=200, rounds=2)
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_finished_lfighter_run_gets_its_record_without_its_files_being_rewritten(tmp_path, data_root):
+    from flhelpers.fl.engine import run_experiment
+    from flhelpers.results import run_dir
+    from flhelpers.studies.lfighter_record import read_record
+
+    cfg = _tiny_lfighter()
+    run_experiment(cfg, data_root=data_root, results_dir=tmp_path, progress=False)
+    folder = run_dir(tmp_path, cfg.run_id())
+    before = _files(folder)
+    assert beyond._needs_computing(cfg, tmp_path, force=False)  # finished, but no record
+    beyond._compute(cfg, str(data_root), str(tmp_path), threads=1)
+    assert _files(folder) == before  # the finished run is read, never rewritten
+    record = read_record(beyond.record_path(tmp_path, cfg))
+    assert list(record["round"]) == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["records", "runs"]  # no temporary folder left
+    assert not beyond._needs_computing(cfg, tmp_path, force=False)
+    # a stored metrics.csv the recomputation does not reproduce keeps no record, and stays as it was
+    beyond.record_path(tmp_path, cfg).unlink()
+    metrics = folder / "metrics.csv"
+    changed = pd.read_csv(metrics)
+    changed.loc[1, "accuracy"] += 0.01
+    changed.to_csv(metrics, index=False)
+    edited = _files(folder)
+    with pytest.warns(UserWarning, match="differs from the stored metrics.csv"):
+        beyond._compute(cfg, str(data_root), str(tmp_path), threads=1)
+    assert not beyond.record_path(tmp_path, cfg).exists() and _files(folder) == edited
+
+
+def test_a_resumed_lfighter_run_keeps_the_record_of_its_first_rounds(tmp_path, data_root):
+    from flhelpers.fl.engine import run_experiment
+    from flhelpers.studies.lfighter_record import LFighterRecorder, read_record
+
+    cfg = _tiny_lfighter()
+    path = beyond.record_path(tmp_path, cfg)
+    run_experiment(cfg, data_root=data_root, results_dir=tmp_path, progress=False, stop_after=1,
+                   on_round=LFighterRecorder(path, cfg.source_class, cfg.target_class))
+    assert list(read_record(path)["round"]) == [0]
+    beyond._compute(cfg, str(data_root), str(tmp_path), threads=1)  # resumes at round 1
+    whole = tmp_path / "whole"
+    run_experiment(cfg, data_root=data_root, results_dir=whole, progress=False,
+                   on_round=LFighterRecorder(beyond.record_path(whole, cfg), cfg.source_class, cfg.target_class))
+    pd.testing.assert_frame_equal(read_record(path), read_record(beyond.record_path(whole, cfg)))

@@ -30,8 +30,10 @@ import pandas as pd
 
 from flhelpers.config import ExperimentConfig, benchmark_config, validate_config
 from flhelpers.fl.grid import run_grid
-from flhelpers.results import is_finished, run_dir
+from flhelpers.fl.checkpoint import CHECKPOINT
+from flhelpers.results import METRICS, is_finished, run_dir
 from flhelpers.studies.lfighter_record import LFighterRecorder, read_record
+from flhelpers.studies.lfighter_record import record_path as lfighter_record_path
 
 #: the second pair of the several-pairs attack on MNIST (the first is the paper's 7 -> 1)
 SECOND_PAIR = (3, 8)
@@ -192,7 +194,7 @@ def only_finished_runs(runs: Sequence[PlannedRun], results_dir: str | Path) -> l
 
 def record_path(results_dir: str | Path, cfg: ExperimentConfig) -> Path:
     """Where an LFighter run's per-round record lies (as ``tools/run_reference.py`` writes it)."""
-    return Path(results_dir) / "records" / f"{cfg.run_id()}.csv"
+    return lfighter_record_path(results_dir, cfg.run_id())
 
 
 def _needs_computing(cfg: ExperimentConfig, results_dir: str | Path, force: bool) -> bool:
@@ -200,21 +202,53 @@ def _needs_computing(cfg: ExperimentConfig, results_dir: str | Path, force: bool
     return force or not finished or (cfg.defense == "lfighter" and not record_path(results_dir, cfg).is_file())
 
 
-def _compute(cfg: ExperimentConfig, data_root: str | None, results_dir: str, threads: int) -> str:
-    """One run (the body of a worker process); an LFighter run writes its record afresh."""
+def _compute(cfg: ExperimentConfig, data_root: str | None, results_dir: str, threads: int,
+             force: bool = False) -> str:
+    """One run (the body of a worker process).
+
+    An LFighter run writes its per-round record (:class:`LFighterRecorder`): afresh when the run
+    starts at round 0, appended when it resumes from a checkpoint (:func:`read_record` keeps each
+    round's last row), so a resumed run's record still covers every round. A *finished* LFighter run
+    without a record (e.g. a Table 3 run committed before records existed) is recomputed in a
+    temporary folder inside ``results_dir``, and only the record moves in, and only if the recomputed
+    ``metrics.csv`` equals the stored one (else a warning, and the run stays without one): the finished
+    run's own files are never rewritten, so stopping this midway loses nothing.
+    """
+    import tempfile
+    import warnings
+
     import torch
 
     from flhelpers.fl.engine import run_experiment
 
     torch.set_num_threads(threads)
-    recorder = None
-    if cfg.defense == "lfighter":
-        path = record_path(results_dir, cfg)
-        path.unlink(missing_ok=True)
-        recorder = LFighterRecorder(path, cfg.source_class, cfg.target_class)
-    run_experiment(cfg, data_root=data_root, results_dir=results_dir, progress=False, on_round=recorder,
-                   force=recorder is None and is_finished(run_dir(results_dir, cfg.run_id())))
-    return cfg.run_id()
+    run_id = cfg.run_id()
+    finished = is_finished(run_dir(results_dir, run_id))
+    if cfg.defense != "lfighter":
+        run_experiment(cfg, data_root=data_root, results_dir=results_dir, progress=False, force=force or finished)
+        return run_id
+    path = record_path(results_dir, cfg)
+    if finished and not force:
+        with tempfile.TemporaryDirectory(prefix=".record-", dir=results_dir) as tmp:
+            fresh = record_path(tmp, cfg)
+            run_experiment(cfg, data_root=data_root, results_dir=tmp, progress=False,
+                           on_round=LFighterRecorder(fresh, cfg.source_class, cfg.target_class))
+            ours = pd.read_csv(run_dir(tmp, run_id) / METRICS)
+            stored = pd.read_csv(run_dir(results_dir, run_id) / METRICS)
+            if list(ours.columns) != list(stored.columns) or not np.allclose(
+                    ours.to_numpy(dtype=float), stored.to_numpy(dtype=float), rtol=0, atol=1e-6, equal_nan=True):
+                warnings.warn(f"Run {run_id} recomputed for its LFighter record differs from the stored "
+                              f"{METRICS} (another torch thread count or CPU?); the record is not kept. "
+                              f"Recompute the run itself with force=True to have both.", stacklevel=2)
+                return run_id
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(fresh, path)
+        return run_id
+    if force or not (run_dir(results_dir, run_id) / CHECKPOINT).is_file():
+        path.unlink(missing_ok=True)  # the run starts at round 0: so does its record
+    run_experiment(cfg, data_root=data_root, results_dir=results_dir, progress=False, force=force,
+                   on_round=LFighterRecorder(path, cfg.source_class, cfg.target_class))
+    return run_id
 
 
 def run_beyond(runs: Sequence[PlannedRun], data_root: str | Path | None = None, results_dir: str | Path = "results",
@@ -230,12 +264,12 @@ def run_beyond(runs: Sequence[PlannedRun], data_root: str | Path | None = None, 
         threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else max(1, _torch_threads())
         if workers == 1 or len(todo) == 1:
             for i, c in enumerate(todo):
-                _compute(c, root, str(results_dir), threads)
+                _compute(c, root, str(results_dir), threads, force)
                 print(f"beyond: {i + 1}/{len(todo)} runs computed", flush=True)
         else:
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-                futures = [pool.submit(_compute, c, root, str(results_dir), threads) for c in todo]
+                futures = [pool.submit(_compute, c, root, str(results_dir), threads, force) for c in todo]
                 for i, f in enumerate(as_completed(futures)):
                     f.result()
                     print(f"beyond: {i + 1}/{len(todo)} runs computed", flush=True)
