@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from flhelpers.config import ExperimentConfig, benchmark_config
+from flhelpers.config import ConfigError, ExperimentConfig, benchmark_config
 from flhelpers.fl.engine import run_experiment
-from flhelpers.studies.paper import PAPER_TABLE3, make_grid
+from flhelpers.studies.paper import PAPER_TABLE3, make_grid, select_cell
 from flhelpers.studies.reference import (README_MARKERS, default_results_dir, readme_tables, reference_dir,
                                          shape_checks, table3, table3_markdown, update_readme, write_table3)
 from flhelpers.results import is_finished, load_results, run_dir
@@ -137,10 +137,8 @@ def test_committed_runs_match_their_configs_and_table3_files_are_current() -> No
     committed = pd.read_csv(REFERENCE / "table3.csv")
     fresh = table3(finished[finished["profile"] == "medium"])
     assert list(committed["runs"]) == list(fresh["runs"]), "table3.csv is stale: run python -m flhelpers table3"
-    # every cell has a run, except the CIFAR10 row's, which is being re-run on all 50,000 images
-    # (issue 18; remove the exemption once its seven runs are committed) ...
-    complete = fresh[fresh["benchmark"] != "cifar10-mild"]
-    assert (complete["runs"] >= 1).all(), complete.loc[complete["runs"] < 1, ["benchmark", "defense"]]
+    # every cell of Table 3 has a run (the CIFAR10 row's seven on all 50,000 images, issue 18) ...
+    assert (fresh["runs"] >= 1).all(), fresh.loc[fresh["runs"] < 1, ["benchmark", "defense"]]
     # ... and what it holds is only the 50,000-image, drop_last runs, never the old 10,000-image ones
     cifar = finished[finished["benchmark"].str.startswith("cifar10")]
     assert set(cifar["train_samples"]) <= {50000} and set(cifar["drop_last"]) <= {True}
@@ -239,3 +237,22 @@ def test_seeding_a_store_copies_finished_runs_and_their_records_only(tmp_path, m
     assert not (store / "runs" / "aaaa" / "checkpoint.pt").exists()
     assert sorted(p.name for p in (store / "records").iterdir()) == ["aaaa.csv"]
     assert ref.seed_from_reference(store, "medium") == 0  # nothing new: what is there is kept
+
+
+def test_table3_counts_only_the_papers_runs_not_another_studys_in_the_same_cell():
+    """A Beyond run (FedAvg at 0 % under the two-pairs study's config) shares the MNIST-Mild
+    no-attack cell with the Table 3 run; Table 3 and the shape checks read the Table 3 run only."""
+    from flhelpers.studies.reference import paper_runs
+
+    paper = benchmark_config("mnist-mild", "medium", defense="fedavg", attacker_ratio=0.0)
+    beyond = benchmark_config("mnist-mild", "medium", defense="fedavg", attacker_ratio=0.0,
+                              attack="multi-pair-flip", attack_kwargs={"pairs": [[7, 1], [3, 8]], "spread": "each"})
+    rows = pd.DataFrame([{"run_id": c.run_id(), "benchmark": "mnist-mild", "profile": "medium", "defense": "fedavg",
+                          "attacker_ratio": 0.0, "seed": 0, "attack": c.attack, "source_accuracy": s,
+                          "attack_success_rate": 0.01, "accuracy": 0.9} for c, s in ((paper, 0.92), (beyond, 0.50))])
+    assert list(paper_runs(rows)["run_id"]) == [paper.run_id()]
+    with pytest.raises(ConfigError, match="differ in more than the seed"):  # what the filter prevents
+        select_cell(rows, "mnist-mild", "fedavg", 0.0)
+    cell = table3(rows).set_index(["benchmark", "defense"]).loc[("mnist-mild", "fedavg-no-attack")]
+    assert cell["runs"] == 1 and cell["src_acc"] == pytest.approx(92.0)
+    assert paper_runs(rows.drop(columns="run_id")).equals(rows.drop(columns="run_id"))  # hand-made rows stay

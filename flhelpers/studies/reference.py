@@ -73,6 +73,13 @@ TABLE3_REASONS: dict[tuple[str, str], str] = {
         "2 % at round 24, ASR 35 / 69 / 41 % in rounds 1-3, then 60-72 %, All-Acc 36 / 51 / 59 / 64 % at rounds "
         "3 / 8 / 15 / 24 (last-10 mean 61.3 %). The paper's 21.6 % comes after 100 rounds of 3 local epochs; its "
         "shape holds: no better than FedAvg (ours 0.2 vs 0.0, paper 21.6 vs 24.2)."),
+    ("cifar10-mild", "foolsgold"): (
+        "FoolsGold follows FedAvg too (run `bfd46e709cf03037`): Src-Acc is 0.0 % in rounds 0-18 and at most 0.7 % "
+        "after, ASR 100 / 100 / 99 / 59 % in rounds 0-3, then 67-78 %, All-Acc 33 / 50 / 58 / 65 % at rounds "
+        "3 / 8 / 14 / 24 (last-10 mean 62.3 %). No peer's weight reaches 0 in any round (all 20 accepted, "
+        "detection TPR 0), so its weights only rescale the average, and the flip settles before dog is learnt "
+        "as in the FedAvg cell. The paper's 29.9 % comes after 100 rounds of 3 local epochs and is FedAvg's level "
+        "there too (24.2 %); the shape holds: FoolsGold protects dog no better than FedAvg (ours 0.2 vs 0.0)."),
     ("cifar10-mild", "lfighter"): (
         "LFighter locks onto the wrong cluster here, and its per-round record (`records/e1a4592813ffbd8a.csv`) "
         "shows how. Rounds 0-9: the model has not learnt dog yet (the dog neuron ranks 10th to 3rd of 10 by "
@@ -250,10 +257,38 @@ def table3_folders(profile: str, results_dir: str | Path | None = None,
     return results_root(), results_root()
 
 
+def paper_runs(summaries: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``summaries`` that are runs of the paper's configurations: a run whose id is that
+    of its benchmark's preset at its profile, rule, attacker ratio and seed
+    (:func:`flhelpers.config.benchmark_config` with nothing else changed), the runs Table 3, the
+    shape checks and the MNIST-iid / MNIST-Extreme table are drawn from.
+
+    A results store also holds other studies' runs (the Beyond study's attacks, the clean runs of
+    its two pairs, a mended LFighter); they share a cell's benchmark, rule and ratio but not its
+    configuration, and are left out here rather than averaged into the paper's cells.
+    """
+    from flhelpers.config import benchmark_config
+
+    need = ("run_id", "benchmark", "profile", "defense", "attacker_ratio", "seed")
+    if not len(summaries) or any(c not in summaries for c in need):
+        return summaries  # a hand-made table of summaries: nothing to compare against
+
+    def is_paper(row: pd.Series) -> bool:
+        try:
+            cfg = benchmark_config(row["benchmark"], row["profile"], defense=row["defense"],
+                                   attacker_ratio=float(row["attacker_ratio"]), seed=int(row["seed"]))
+        except (KeyError, ValueError):  # a benchmark or profile that has no preset
+            return False
+        return cfg.run_id() == row["run_id"]
+
+    return summaries[summaries.apply(is_paper, axis=1)]
+
+
 def table3(summaries: pd.DataFrame, ratio: float = 0.4) -> pd.DataFrame:
     """One row per Table 3 benchmark and column: ours (mean over seeds of the last-10-round means,
     in %) beside the paper's, and ``ours - paper`` in points. Missing runs give NaN and
-    ``runs = 0``."""
+    ``runs = 0``. Only the paper's runs count (:func:`paper_runs`)."""
+    summaries = paper_runs(summaries)
     rows: list[dict[str, Any]] = []
     for bench, key in TABLE3_BENCHMARKS.items():
         paper = PAPER_TABLE3[key]
@@ -309,8 +344,10 @@ def shape_checks(summaries: pd.DataFrame, ratio: float = 0.4) -> pd.DataFrame:
     * FoolsGold collapsing on MNIST (Table 3's Dirichlet row: Src-Acc 0 %): below 50 %;
     * the median collapsing on MNIST-Extreme (paper: All-Acc about 11 %): All-Acc below 30 %.
 
-    ``holds`` is ``yes``, ``no`` or ``not run``; values are in %.
+    ``holds`` is ``yes``, ``no`` or ``not run``; values are in %. Only the paper's runs count
+    (:func:`paper_runs`).
     """
+    summaries = paper_runs(summaries)
     rows = []
     benches = sorted(summaries["benchmark"].unique()) if len(summaries) else []
     for b in benches:
@@ -356,8 +393,9 @@ def other_runs(summaries: pd.DataFrame) -> pd.DataFrame:
 
     A cell with several runs (seeds of one configuration, :func:`~flhelpers.studies.paper.select_cell`)
     shows their mean, the seeds, and the spread of Src-Acc: the sample standard deviation (``ddof=1``;
-    n/a for one run) and the range ``min-max``.
+    n/a for one run) and the range ``min-max``. Only the paper's runs count (:func:`paper_runs`).
     """
+    summaries = paper_runs(summaries)
     rows = []
     for b in OTHER_BENCHMARKS:
         part = summaries[summaries["benchmark"] == b] if len(summaries) else summaries
@@ -483,6 +521,8 @@ def run_times(results_dir: str | Path, profile: str = "medium") -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=["benchmark", "runs", "mean_min", "min_min", "max_min", "total_min"])
     frame = frame[frame["profile"] == profile]
+    paper = set(paper_runs(frame.drop_duplicates("run_id"))["run_id"])  # the Table 3 runs' times only
+    frame = frame[frame["run_id"].isin(paper)]
     cols = [c for c in ("train_time", "aggregation_time", "eval_time") if c in frame]
     per_run = frame.assign(seconds=frame[cols].sum(axis=1)).groupby(["benchmark", "run_id"])["seconds"].sum() / 60
     out = per_run.groupby("benchmark").agg(runs="count", mean_min="mean", min_min="min", max_min="max",
@@ -515,6 +555,6 @@ def write_table3(results_dir: str | Path, profile: str = "medium", out_dir: str 
 
 
 __all__ = ["OTHER_FINDINGS", "PAPER_ALL_ACC_40", "REFERENCE_PROFILES", "TABLE3_REASONS", "README_MARKERS", "default_results_dir",
-           "readme_tables", "reference_dir", "repository_root", "results_root", "results_store", "run_times",
+           "paper_runs", "readme_tables", "reference_dir", "repository_root", "results_root", "results_store", "run_times",
            "seed_from_reference", "shape_checks", "table3", "table3_folders", "table3_markdown", "update_readme",
            "write_table3"]
