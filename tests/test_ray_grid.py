@@ -82,7 +82,9 @@ def test_cluster_on_loopback_driver_joins_by_address(local_runs, data_root, tmp_
             [sys.executable, "-m", "flhelpers", "grid", "--benchmarks", "mnist-iid", "--defenses", "lfighter",
              "--ratios", "0.4", *TINY_CLI, "--results-dir", str(tmp_path), "--executor", "ray",
              "--address", f"127.0.0.1:{port}", "--cpus-per-run", "1", "--no-progress"],
-            env=env, capture_output=True, text=True, timeout=300)
+            # 600 s, not 300: with both cores busy (two CIFAR10 runs beside the test, 2026-12-02) the
+            # checkpoint relay actor alone took 86 s to start on this cluster, and the grid missed 300 s
+            env=env, capture_output=True, text=True, timeout=600)
     finally:
         stop_processes_using(temp_dir, timeout=10)
         shutil.rmtree(temp_dir, ignore_errors=True)
