@@ -7,6 +7,7 @@ Ray (``ray.init(num_cpus=2)``) shared by the other tests of this module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -137,13 +138,16 @@ def test_only_the_missing_runs_are_computed(local_ray, local_runs, data_root, tm
 
 def _task_workers(run_id: str) -> list[psutil.Process]:
     """This process's Ray workers executing the task of ``run_id`` (their title names the task)."""
-    me = psutil.Process()
-    return [p for p in me.children(recursive=True)
-            if any(f"flhelpers-run-{run_id}" in part for part in (p.cmdline() or []))]
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # a worker that exited (or is a zombie) meanwhile
+            if any(f"flhelpers-run-{run_id}" in part for part in (p.cmdline() or [])):
+                found.append(p)
+    return found
 
 
 def test_worker_killed_mid_grid_finishes_identically(local_ray, data_root, tmp_path):
-    configs = _grid(rounds=8, train_subset=2000)[3:]  # LFighter at 40 % attackers
+    configs = _grid(rounds=30, train_subset=2000)[3:]  # LFighter at 40 % attackers
     ref = run_grid(configs, data_root, tmp_path / "local", progress=False, threads=1)
     out = tmp_path / "ray"
     result: dict = {}
@@ -161,18 +165,29 @@ def test_worker_killed_mid_grid_finishes_identically(local_ray, data_root, tmp_p
     thread = threading.Thread(target=grid)
     thread.start()
     victim, killed, relayed = configs[0].run_id(), None, None
+    seen_worker = seen_checkpoint = False  # for the failure message
     deadline = time.monotonic() + 240
+    # Kill once the run's first checkpoint has travelled to the driver's store (the driver drains
+    # the relay every 0.5 s). The run is long enough (30 rounds of about 0.5 s here) that polling
+    # cannot lose that race on a fast idle machine; an 8-round run once did (CI, 2026-12-02).
     while thread.is_alive() and time.monotonic() < deadline and killed is None:
-        # kill once the run's first checkpoint has travelled to the driver's store
+        workers = _task_workers(victim)
+        seen_worker |= bool(workers)
         if (run_dir(out, victim) / "checkpoint.pt").is_file():
-            relayed = load_checkpoint(run_dir(out, victim), victim)  # at least this round reached the driver
-            for p in _task_workers(victim):
-                os.kill(p.pid, signal.SIGKILL)
-                killed = p.pid
-        time.sleep(0.05)
+            seen_checkpoint = True
+            with contextlib.suppress(FileNotFoundError):  # the run finished meanwhile: reported below
+                relayed = load_checkpoint(run_dir(out, victim), victim)  # at least this round reached the driver
+            if workers and relayed is not None:
+                for p in workers:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p.pid, signal.SIGKILL)
+                        killed = p.pid
+        time.sleep(0.02)
     thread.join(timeout=300)
     assert not thread.is_alive()
-    assert killed is not None, "the run finished before its worker could be killed"
+    assert killed is not None, (f"the run finished before its worker could be killed (its worker was "
+                                f"{'' if seen_worker else 'never '}found, a relayed checkpoint "
+                                f"{'was' if seen_checkpoint else 'was never'} seen)")
     assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
     assert "error" not in result, result.get("error")
     retried = [w for w in result["warnings"] if f"Run {victim} finished at attempt 2" in w]
@@ -180,11 +195,11 @@ def test_worker_killed_mid_grid_finishes_identically(local_ray, data_root, tmp_p
     # the retry resumed from a relayed checkpoint (a restart from round 0 gives equal numbers, so
     # the numbers below cannot tell): at the round after one that reached the driver before the
     # kill, or a later one, and it trained only the rounds from there
-    found = re.search(r"resumed at round (\d+) from the last checkpoint.*It trained (\d+) of 8 rounds", retried[0])
+    found = re.search(r"resumed at round (\d+) from the last checkpoint.*It trained (\d+) of 30 rounds", retried[0])
     assert found, retried[0]
     resumed_at, trained = int(found.group(1)), int(found.group(2))
     assert relayed is not None and resumed_at >= int(relayed["round"]) + 1 >= 1
-    assert trained == 8 - resumed_at < 8
+    assert trained == 30 - resumed_at < 30
     rows = result["rows"]
     pd.testing.assert_frame_equal(_numbers(rows), _numbers(ref))
     _assert_same_runs(tmp_path / "local", out, rows["run_id"])
