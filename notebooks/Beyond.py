@@ -134,7 +134,7 @@ if len(rows):
     curve = beyond.camouflage_curve(rows, plan)
     write_table(curve, results_dir, "beyond_camouflage_curve", digits=1)
     show(plot_camouflage_curve(curve, f"{TITLE}, {RATIO:.0%} attackers"), results_dir, "beyond", "camouflage_curve")
-    display(curve)
+    display(curve.rename(index=lambda lam: f"{lam:g}"))  # 0.25, not the display precision's 0.2
 
 # %% [markdown]
 # ## 5. A mend of LFighter, kept as an option
