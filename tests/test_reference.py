@@ -160,8 +160,11 @@ def test_first_two_rounds_of_the_committed_mnist_extreme_lfighter_run_recompute(
     """The committed MNIST-Extreme LFighter run at 40 %, recomputed for two rounds on this machine.
 
     The reference runs were computed with one torch thread, as the tests run; float sums depend on
-    the thread count and on the CPU's vector instructions, so another machine may differ in the
-    last digits (accuracies are counts over 10,000 images and agree unless a prediction flips).
+    the thread count and on the CPU's vector instructions, so another machine differs in the last
+    digits (CI's CPU gave test losses 4e-6 and 9e-5 away from ours in rounds 0 and 1). So: who was
+    rejected (the detection counts) must agree exactly, the test loss to 5e-4 relative, and the
+    accuracies up to 3 flipped predictions (of 10,000 test images for All-Acc, of a class's
+    892-1,135 images for the per-class columns). A wrong seed, split or rule moves them far more.
     """
     cfg = benchmark_config("mnist-extreme", "medium", defense="lfighter", attacker_ratio=0.4)
     committed = pd.read_csv(_committed(cfg) / "metrics.csv")
@@ -170,7 +173,17 @@ def test_first_two_rounds_of_the_committed_mnist_extreme_lfighter_run_recompute(
     ours = pd.read_csv(res.path / "metrics.csv")
     assert list(ours["round"]) == [0, 1]
     assert list(ours.columns) == list(committed.columns)
-    np.testing.assert_allclose(ours.to_numpy(dtype=float), committed.iloc[:2].to_numpy(dtype=float), rtol=0, atol=1e-6)
+    mine, theirs = ours, committed.iloc[:2]
+    counts = [c for c in ours.columns if c in ("round", "tp", "fp", "tn", "fn", "accepted", "rounds_since_eval",
+                                                "non_finite_updates", "discarded_rounds") or c.startswith("cum_")]
+    assert len(counts) >= 10
+    assert mine[counts].to_dict("list") == theirs[counts].to_dict("list")
+    np.testing.assert_allclose(mine["test_loss"], theirs["test_loss"], rtol=5e-4, atol=0)
+    np.testing.assert_allclose(mine["accuracy"], theirs["accuracy"], rtol=0, atol=3 / 10_000 + 1e-9)
+    per_class = [c for c in ours.columns if c not in counts and c not in ("test_loss", "accuracy")]
+    assert "source_accuracy" in per_class and "class_accuracy_9" in per_class
+    np.testing.assert_allclose(mine[per_class].to_numpy(dtype=float), theirs[per_class].to_numpy(dtype=float),
+                               rtol=0, atol=3 / 892 + 1e-9, equal_nan=True)
 
 
 def test_table3_command_writes_both_files_from_a_store(tmp_path, capsys) -> None:
