@@ -46,6 +46,7 @@ benchmarks: $(VENV)/.installed
 	$(PY) benchmarks/aggregation.py
 	$(PY) benchmarks/round_speed.py
 	$(PY) benchmarks/round_shares.py
+	$(PY) benchmarks/precision.py
 
 clean-results:
 	rm -rf $(or $(RESULTS),results)/runs $(or $(RESULTS),results)/notebooks

@@ -31,7 +31,10 @@ RESULTS_VERSION = 3  # 3: FoolsGold pardoning with a zero diagonal (Fung et al.)
 
 #: Fields added after results version 3, each with the value that reproduces the behaviour
 #: before it existed; at that value a field is left out of the run id (ExperimentConfig.run_id).
-LEGACY_VALUES: dict[str, Any] = {"drop_last": False, "poisoned_rounds": 0}
+LEGACY_VALUES: dict[str, Any] = {"drop_last": False, "poisoned_rounds": 0, "precision": "float32"}
+
+#: the local training's compute precisions (``ExperimentConfig.precision``)
+PRECISIONS = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -52,6 +55,15 @@ class ExperimentConfig:
     (the default, this library's behaviour before the field existed) trains on the short last
     batch too, ``ceil(n_k / B)`` steps an epoch. The presets set it per benchmark and profile
     (:mod:`flhelpers.presets`).
+
+    ``precision`` (default ``"float32"``): the local training's forward pass and loss in float32,
+    or under ``torch.autocast(dtype=torch.bfloat16)`` with ``"bfloat16"`` (both backends:
+    :func:`flhelpers.fl.training.training_autocast`). An option for speed, never a default, because
+    it changes the numbers: autocast runs convolutions and matrix products in bfloat16 (8 bits of
+    mantissa) while the parameters, gradients, optimizer state, the averaged model, the defenses
+    and the evaluation stay float32. On this CPU it made a ResNet18 step of 32 CIFAR10 images
+    15-25 % faster (issue 18; ``benchmarks/precision.py`` measures it). The paper and the
+    authors' code train in float32.
 
     ``poisoned_rounds`` (``k``, default 0: off): a *poisoned start* (issue 19, section 1). In
     rounds ``t < k`` the server's step is FedAvg over the attackers' updates only, whatever
@@ -85,6 +97,7 @@ class ExperimentConfig:
     local_epochs: int = 3
     batch_size: int = 64
     drop_last: bool = False
+    precision: str = "float32"
     optimizer: str = "sgd"
     lr: float = 0.001
     momentum: float = 0.9
@@ -290,6 +303,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
                           f"attacker_ratio > 0 with an attack, or poisoned_rounds=0.")
     if not isinstance(cfg.drop_last, bool):
         raise ConfigError(f"drop_last must be True or False, got {cfg.drop_last!r}.")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)} (the local training's compute "
+                          f"precision; bfloat16 is faster and changes the numbers), got {cfg.precision!r}.")
     if not _is_real(cfg.lr) or cfg.lr <= 0:
         raise ConfigError(f"lr must be a positive finite number, got {cfg.lr!r}.")
     if not _is_real(cfg.momentum) or not 0.0 <= cfg.momentum < 1.0:

@@ -8,6 +8,7 @@ that honours them reproduces the same updates.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,15 @@ def make_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def training_autocast(cfg: ExperimentConfig, device: torch.device) -> AbstractContextManager:
+    """The context a local step's forward pass and loss run in: nothing for ``precision="float32"``,
+    ``torch.autocast(device.type, dtype=torch.bfloat16)`` for ``"bfloat16"`` (the backward pass
+    follows the forward's dtypes; parameters, gradients and optimizer state stay float32)."""
+    if cfg.precision == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
 def batches_per_epoch(cfg: ExperimentConfig, num_samples: int) -> int:
     """Local steps an epoch: ``floor(n / B)`` with ``drop_last`` (the authors' DataLoader), else
     ``ceil(n / B)`` (the last batch short)."""
@@ -60,7 +70,7 @@ def peer_update(model: nn.Module, cfg: ExperimentConfig, dataset: FLDataset, pee
     """PEER_UPDATE(k, W^t): ``(W_k^{t+1} - W^t, W_k's float buffers)``; ``model`` is reused scratch.
 
     Each epoch takes :func:`batches_per_epoch` steps over :func:`batch_order` (the short last
-    batch dropped when ``cfg.drop_last``)."""
+    batch dropped when ``cfg.drop_last``), each forward pass in :func:`training_autocast`."""
     load_flat_params(model, global_params)
     if global_buffers.numel():
         load_flat_buffers(model, global_buffers)
@@ -75,7 +85,9 @@ def peer_update(model: nn.Module, cfg: ExperimentConfig, dataset: FLDataset, pee
             xb = dataset.prepare(x_all[idx[pos]].to(device, non_blocking=True))
             yb = y_all[pos].to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            loss_fn(cfg.loss, model(xb), yb).backward()
+            with training_autocast(cfg, device):
+                loss = loss_fn(cfg.loss, model(xb), yb)
+            loss.backward()
             opt.step()
     return flatten_params(model) - global_params, flatten_buffers(model)
 

@@ -60,7 +60,7 @@ from torch.overrides import TorchFunctionMode
 from flhelpers.config import ExperimentConfig
 from flhelpers.data.base import FLDataset
 from flhelpers.seeding import torch_generator
-from flhelpers.fl.training import PeerData, batch_order, batches_per_epoch
+from flhelpers.fl.training import PeerData, batch_order, batches_per_epoch, training_autocast
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,25 @@ class _FunctionalHooks(TorchFunctionMode):
             return x * mask
         if func in _LSTM_FUNCS:
             return _lstm_call(args, kwargs)
+        return func(*args, **kwargs)
+
+
+class _BatchNormUpcast(TorchFunctionMode):
+    """Active inside a peer's forward under bfloat16 autocast (``precision="bfloat16"``).
+
+    vmap's BatchNorm rule needs its input in its parameters' dtype, and autocast hands it the
+    bfloat16 output of a convolution. The input is cast to float32 and the output back to its own
+    dtype: what CPU's eager kernel does for a bfloat16 input with float32 parameters (float
+    accumulators, a bfloat16 output), so both backends run the same dtypes.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            x = args[0] if args else kwargs.pop("input")
+            if x.dtype in (torch.bfloat16, torch.float16):
+                return func(x.float(), *args[1:], **kwargs).to(x.dtype)
+            return func(x, *args[1:], **kwargs)
         return func(*args, **kwargs)
 
 
@@ -521,9 +540,12 @@ class VectorizedTrainer:
         hooks = _FunctionalHooks(masks) if self.traits.needs_hooks else nullcontext()
         # nn.LSTM would try to re-pack batched weights for cuDNN (it reads their data pointers)
         no_cudnn = _cudnn_disabled() if self.traits.has_lstm else nullcontext()
-        with hooks, no_cudnn:
+        low = self.cfg.precision != "float32"
+        upcast = _BatchNormUpcast() if low and self.traits.has_batchnorm else nullcontext()
+        with hooks, no_cudnn, training_autocast(self.cfg, self.device), upcast:
             logits = functional_call(self.model, (params, buffers), (x,))
-        loss = (per_sample_loss(self.cfg.loss, logits, y) * w).sum()
+            per_sample = per_sample_loss(self.cfg.loss, logits, y)
+        loss = (per_sample * w).sum()
         new_f = (torch.cat([buffers[n].reshape(-1) for n in self.fbuf_names]) if self.fbuf_sizes
                  else fbuf_flat)
         return loss, (new_f, {n: buffers[n] for n in ibufs})
