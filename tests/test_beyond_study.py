@@ -137,6 +137,49 @@ def test_findings_name_the_rules_that_hold_and_the_neurons_procedure_1_picked(tm
     assert beyond.write_findings(notes, tmp_path).read_text().count("**") == 2 * len(notes)
 
 
+def _swinging_run(tmp_path, run_id="swing"):
+    """Rounds 0-9 of a rule over 4 attackers and 6 honest peers, by hand: rounds 0-4 reject no one;
+    from round 5 it alternates catching all 4 attackers (rounds 5, 7, 9, 11) and keeping them while
+    rejecting 3 of the 6 honest peers (6, 8, 10); Src-Acc 0.9 after a catch, 0.1 after a let-in."""
+    caught = dict(tp=4, fn=0, fp=0, tn=6, accepted=6, source_accuracy=0.9)
+    let_in = dict(tp=0, fn=4, fp=3, tn=3, accepted=7, source_accuracy=0.1)
+    idle = dict(tp=0, fn=4, fp=0, tn=6, accepted=10, source_accuracy=0.5)
+    rounds = [idle] * 5 + [caught, let_in] * 3 + [caught]
+    folder = tmp_path / "runs" / run_id
+    folder.mkdir(parents=True)
+    pd.DataFrame([{"round": i, **r} for i, r in enumerate(rounds)]).to_csv(folder / "metrics.csv", index=False)
+    return run_id
+
+
+def test_swings_sort_the_rounds_into_caught_and_let_in(tmp_path):
+    run = _swinging_run(tmp_path)
+    s = beyond.swings(tmp_path, run)
+    assert s["rounds"] == 7 and s["caught"] == 4 and s["let_in"] == 3 and s["let_in_after_caught"] == 3
+    assert s["src_caught"] == pytest.approx(0.9) and s["src_let_in"] == pytest.approx(0.1)
+    assert s["fpr_let_in"] == pytest.approx(0.5) and s["admitted_let_in"] == pytest.approx(7.0)
+    whole = beyond.swings(tmp_path, run, start=0)  # rounds 0-4 keep every attacker: let-in rounds too
+    assert whole["let_in"] == 8 and whole["let_in_after_caught"] == 3 and whole["fpr_let_in"] == pytest.approx(1.5 / 8)
+    assert beyond.swings(tmp_path, "missing") is None
+
+
+def test_findings_say_when_a_breaking_rule_swings(tmp_path):
+    rows = _rows()
+    run = _swinging_run(tmp_path)
+    rows.loc[(rows["key"] == "flip") & (rows["defense"] == "fedavg"), "run_id"] = run
+    flip = next(n for n in beyond.findings(rows, _plan(), tmp_path) if n.startswith("**flip (paper)**"))
+    assert ("fedavg swings from round 5 on: in 4 of 7 rounds it rejected at least 90% of the attackers "
+            "(Src-Acc 90.0 % after them), in 3 it kept at least 90% of them and rejected 50% of the honest "
+            "peers (Src-Acc 10.0 %), 3 of those right after a round that caught them") in flip
+    # two let-in rounds are too few to call a swing
+    short = _swinging_run(tmp_path, "short")
+    pd.read_csv(tmp_path / "runs" / short / "metrics.csv").iloc[:9].to_csv(tmp_path / "runs" / short / "metrics.csv",
+                                                                          index=False)
+    rows.loc[(rows["key"] == "flip") & (rows["defense"] == "fedavg"), "run_id"] = short
+    assert "swings" not in next(n for n in beyond.findings(rows, _plan(), tmp_path) if n.startswith("**flip"))
+    # a rule that holds gets no such sentence, and neither does one without the counts
+    assert "lfighter swings" not in flip
+
+
 def test_mend_table_sets_the_mended_rule_beside_the_papers():
     rows = pd.concat([_rows(), pd.DataFrame([
         dict(key="mend-pairs", defense="lfighter", attacker_ratio=0.4, source_accuracy_7_1=0.93,

@@ -431,6 +431,63 @@ def verdicts(rows: pd.DataFrame, plan: BeyondPlan, ratio: float) -> pd.DataFrame
     return pd.DataFrame(out)
 
 
+#: a round *lets the attackers in* when a rule kept at least this share of them, and *catches*
+#: them when it rejected at least this share (:func:`swings`)
+SWING_SHARE = 0.9
+
+
+def swings(results_dir: str | Path, run_id: str, start: int = 5) -> dict[str, float] | None:
+    """A run's per-round detection (``metrics.csv``'s ``tp``, ``fn``, ``fp``, ``tn``, ``accepted``)
+    from round ``start`` on, sorted into the rounds that *caught* the attackers (rejected at least
+    :data:`SWING_SHARE` of the round's attackers) and those that *let them in* (kept at least that
+    share). Returns the two counts, the rounds counted, the source accuracy after each kind, the
+    share of honest peers rejected and the peers admitted in let-in rounds, and how many let-in
+    rounds come right after a caught round; ``None`` without per-round detection counts."""
+    path = run_dir(results_dir, run_id) / METRICS
+    if not path.is_file():
+        return None
+    m = pd.read_csv(path)
+    if not {"tp", "fn", "fp", "tn", "source_accuracy"} <= set(m.columns):
+        return None
+    m = m[m["round"] >= start].reset_index(drop=True)
+    attackers, honest = m["tp"] + m["fn"], m["fp"] + m["tn"]
+    has = attackers > 0
+    caught = has & (m["tp"] >= SWING_SHARE * attackers)
+    let_in = has & (m["fn"] >= SWING_SHARE * attackers)
+    after_caught = let_in & caught.shift(1, fill_value=False)
+    nan = float("nan")
+    return {"rounds": int(len(m)), "caught": int(caught.sum()), "let_in": int(let_in.sum()),
+            "src_caught": float(m.loc[caught, "source_accuracy"].mean()) if caught.any() else nan,
+            "src_let_in": float(m.loc[let_in, "source_accuracy"].mean()) if let_in.any() else nan,
+            "fpr_let_in": float((m["fp"] / honest)[let_in].mean()) if let_in.any() else nan,
+            "admitted_let_in": float(m.loc[let_in, "accepted"].mean()) if let_in.any() and "accepted" in m else nan,
+            "let_in_after_caught": int(after_caught.sum())}
+
+
+def _swing_note(rows: pd.DataFrame, results_dir: str | Path, key: str, defense: str, ratio: float,
+                start: int = 5) -> str:
+    """A sentence on a breaking rule that swings between catching the attackers and letting them
+    in (at least 3 rounds of each from round ``start``, :func:`swings`), or ``""``."""
+    sel = rows[(rows["key"] == key) & (rows["defense"] == defense) & np.isclose(rows["attacker_ratio"], ratio)]
+    run_id = sel["run_id"].iloc[0] if not sel.empty and "run_id" in sel else None
+    if not isinstance(run_id, str):
+        return ""
+    s = swings(results_dir, run_id, start)
+    if s is None or s["caught"] < 3 or s["let_in"] < 3:
+        return ""
+    text = (f" {defense} swings from round {start} on: in {s['caught']} of {s['rounds']} rounds it rejected at least "
+            f"{SWING_SHARE:.0%} of the attackers (Src-Acc {100 * s['src_caught']:.1f} % after them), in "
+            f"{s['let_in']} it kept at least {SWING_SHARE:.0%} of them and rejected {s['fpr_let_in']:.0%} of the "
+            f"honest peers (Src-Acc {100 * s['src_let_in']:.1f} %), {s['let_in_after_caught']} of those right "
+            f"after a round that caught them, so its last-10 mean averages two states.")
+    if defense == "flame" and not np.isnan(s["admitted_let_in"]):
+        text += (f" FLAME admits one HDBSCAN cluster of at least K // 2 + 1 peers, and in the let-in rounds it "
+                 f"admitted {s['admitted_let_in']:.0f} on average: the attackers' mutually aligned updates with the "
+                 f"honest peers nearest them fill that cluster after a clean round, the honest peers' common "
+                 f"repair of the flipped model fills it after a poisoned one.")
+    return text
+
+
 def _rules(frame: pd.DataFrame, held: bool) -> str:
     names = frame.loc[frame["holds"] == held, "defense"].tolist()
     return ", ".join(names) if names else "none"
@@ -463,6 +520,9 @@ def findings(rows: pd.DataFrame, plan: BeyondPlan, results_dir: str | Path, rati
             shown = ", ".join(f"{d} {100 * t:.0f} / {100 * f:.0f} %" for d, t, f in rates if not np.isnan(t))
             if shown:
                 text += f" Rejected attackers / honest peers (TPR / FPR): {shown}."
+        for d in v.loc[~v["holds"], "defense"]:
+            # from round 5 (the model has learnt the source class), and not before the attack starts
+            text += _swing_note(rows, results_dir, a.key, d, ratio, max(5, int(a.kwargs.get("start_round", 0))))
         if a.key == "rate":
             text += (" An attacker that sits a round out sends an honest update, which LFighter rightly keeps; "
                      "the TPR counts those rounds as misses, so about half of the attackers' rounds cannot be caught.")
@@ -584,5 +644,5 @@ if __name__ == "__main__":
 
 __all__ = ["ALL_DEFENSES", "MEND_KWARGS", "BeyondAttack", "mend_table", "BeyondPlan", "HOLD_MARGIN", "PlannedRun", "SECOND_PAIR", "attack_table",
            "beyond_plan", "camouflage_curve", "clean_value", "defense_attack_table", "findings", "headline_metrics",
-           "holds", "lfighter_detection", "neuron_choices", "no_attack_row", "only_finished_runs", "planned_runs",
+           "holds", "lfighter_detection", "SWING_SHARE", "swings", "neuron_choices", "no_attack_row", "only_finished_runs", "planned_runs",
            "record_path", "run_beyond", "select_runs", "study_attacks", "verdicts", "write_findings"]
