@@ -17,14 +17,6 @@ from flhelpers.params import flatten_buffers, flatten_params
 from flhelpers.presets import BENCHMARKS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("n,b,drop,expected", [(66, 32, True, 2), (66, 32, False, 3), (64, 32, True, 2),
                                                (64, 32, False, 2), (31, 32, True, 0), (33, 32, False, 2)])
 def test_batches_per_epoch(n, b, drop, expected):

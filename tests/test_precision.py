@@ -17,14 +17,6 @@ from flhelpers.params import flatten_buffers, flatten_params
 from flhelpers.presets import BENCHMARKS, MEDIUM, QUICK
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_float32_is_every_presets_precision_and_keeps_the_run_id():
     for table in (BENCHMARKS, MEDIUM, QUICK):
         assert all("precision" not in v for v in table.values())
