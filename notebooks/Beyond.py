@@ -152,7 +152,25 @@ if len(rows):
     display(mend)
 
 # %% [markdown]
-# ## 6. Findings
+# ## 6. Rules that swing between two states
+#
+# A rule whose per-round detection alternates: rounds in which it rejects at least 90 % of the attackers, and
+# rounds in which it keeps at least 90 % of them (and rejects honest peers instead). Its last-10 mean then
+# averages a clean and a poisoned model. Counted from round 5 (or the attack's start), from each run's
+# `metrics.csv`; `flame-swing/summary.md` (`tools/flame_swing_study.py`) measures the update geometry behind
+# FLAME's swing under the flip.
+
+# %%
+if len(rows):
+    swinging = beyond.swing_table(rows, plan, results_dir, RATIO)
+    if swinging.empty:
+        display(Markdown(f"No rule swings at {RATIO:.0%} attackers in these runs."))
+    else:
+        write_table(swinging, results_dir, f"beyond_swings_{int(round(RATIO * 100))}", digits=1)
+        display(swinging)
+
+# %% [markdown]
+# ## 7. Findings
 #
 # Written from the numbers above and LFighter's records: a rule *holds* when its Src-Acc (the worse pair under
 # two pairs) is at most 10 points below the clean model's, or its backdoor ASR at most 10 points above it.

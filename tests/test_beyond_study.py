@@ -180,6 +180,22 @@ def test_findings_say_when_a_breaking_rule_swings(tmp_path):
     assert "lfighter swings" not in flip
 
 
+def test_swing_table_lists_only_the_runs_that_swing(tmp_path):
+    rows = _rows()
+    rows.loc[(rows["key"] == "flip") & (rows["defense"] == "fedavg"), "run_id"] = _swinging_run(tmp_path)
+    steady = tmp_path / "runs" / "steady"
+    steady.mkdir(parents=True)
+    pd.DataFrame([{"round": r, "tp": 4, "fn": 0, "fp": 0, "tn": 6, "accepted": 6, "source_accuracy": 0.9}
+                  for r in range(12)]).to_csv(steady / "metrics.csv", index=False)
+    rows.loc[(rows["key"] == "flip") & (rows["defense"] == "lfighter"), "run_id"] = "steady"
+    table = beyond.swing_table(rows, _plan(), tmp_path, 0.4)
+    assert list(table.index) == [("flip (paper)", "fedavg")]
+    row = table.iloc[0]
+    assert (row["caught"], row["let in"], row["let in right after caught"], row["from round"]) == (4, 3, 3, 5)
+    assert row["Src-Acc caught (%)"] == pytest.approx(90.0) and row["honest rejected when let in (%)"] == pytest.approx(50.0)
+    assert beyond.swing_table(rows, _plan(), tmp_path, 0.3).empty
+
+
 def test_mend_table_sets_the_mended_rule_beside_the_papers():
     rows = pd.concat([_rows(), pd.DataFrame([
         dict(key="mend-pairs", defense="lfighter", attacker_ratio=0.4, source_accuracy_7_1=0.93,

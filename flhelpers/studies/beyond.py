@@ -434,6 +434,8 @@ def verdicts(rows: pd.DataFrame, plan: BeyondPlan, ratio: float) -> pd.DataFrame
 #: a round *lets the attackers in* when a rule kept at least this share of them, and *catches*
 #: them when it rejected at least this share (:func:`swings`)
 SWING_SHARE = 0.9
+#: a rule *swings* when it has at least this many rounds of each kind (:func:`swings`)
+MIN_SWING_ROUNDS = 3
 
 
 def swings(results_dir: str | Path, run_id: str, start: int = 5) -> dict[str, float] | None:
@@ -464,6 +466,37 @@ def swings(results_dir: str | Path, run_id: str, start: int = 5) -> dict[str, fl
             "let_in_after_caught": int(after_caught.sum())}
 
 
+def _is_swing(s: dict[str, float] | None) -> bool:
+    return s is not None and s["caught"] >= MIN_SWING_ROUNDS and s["let_in"] >= MIN_SWING_ROUNDS
+
+
+def _swing_start(attack: BeyondAttack) -> int:
+    """The first round :func:`swings` looks at: round 5 (the model has learnt the source class), and
+    not before the attack starts."""
+    return max(5, int(attack.kwargs.get("start_round", 0)))
+
+
+def swing_table(rows: pd.DataFrame, plan: BeyondPlan, results_dir: str | Path, ratio: float) -> pd.DataFrame:
+    """Every (attack, rule) run at ``ratio`` that swings (:func:`swings`: at least
+    :data:`MIN_SWING_ROUNDS` rounds that caught the attackers and as many that let them in), with
+    its counts, the Src-Acc after each kind of round and the honest peers rejected in let-in rounds (%)."""
+    out = []
+    for a in plan.attacks:
+        sel = rows[(rows["key"] == a.key) & np.isclose(rows["attacker_ratio"], ratio)]
+        for _, r in sel.iterrows():
+            run_id = r.get("run_id")
+            s = swings(results_dir, run_id, _swing_start(a)) if isinstance(run_id, str) else None
+            if _is_swing(s):
+                out.append({"attack": a.label, "defense": r["defense"], "from round": _swing_start(a),
+                            "rounds": s["rounds"], "caught": s["caught"], "let in": s["let_in"],
+                            "let in right after caught": s["let_in_after_caught"],
+                            "Src-Acc caught (%)": 100 * s["src_caught"], "Src-Acc let in (%)": 100 * s["src_let_in"],
+                            "honest rejected when let in (%)": 100 * s["fpr_let_in"]})
+    if not out:
+        return pd.DataFrame()
+    return pd.DataFrame(out).set_index(["attack", "defense"])
+
+
 def _swing_note(rows: pd.DataFrame, results_dir: str | Path, key: str, defense: str, ratio: float,
                 start: int = 5) -> str:
     """A sentence on a breaking rule that swings between catching the attackers and letting them
@@ -473,7 +506,7 @@ def _swing_note(rows: pd.DataFrame, results_dir: str | Path, key: str, defense: 
     if not isinstance(run_id, str):
         return ""
     s = swings(results_dir, run_id, start)
-    if s is None or s["caught"] < 3 or s["let_in"] < 3:
+    if not _is_swing(s):
         return ""
     text = (f" {defense} swings from round {start} on: in {s['caught']} of {s['rounds']} rounds it rejected at least "
             f"{SWING_SHARE:.0%} of the attackers (Src-Acc {100 * s['src_caught']:.1f} % after them), in "
@@ -521,8 +554,7 @@ def findings(rows: pd.DataFrame, plan: BeyondPlan, results_dir: str | Path, rati
             if shown:
                 text += f" Rejected attackers / honest peers (TPR / FPR): {shown}."
         for d in v.loc[~v["holds"], "defense"]:
-            # from round 5 (the model has learnt the source class), and not before the attack starts
-            text += _swing_note(rows, results_dir, a.key, d, ratio, max(5, int(a.kwargs.get("start_round", 0))))
+            text += _swing_note(rows, results_dir, a.key, d, ratio, _swing_start(a))
         if a.key == "rate":
             text += (" An attacker that sits a round out sends an honest update, which LFighter rightly keeps; "
                      "the TPR counts those rounds as misses, so about half of the attackers' rounds cannot be caught.")
@@ -644,5 +676,5 @@ if __name__ == "__main__":
 
 __all__ = ["ALL_DEFENSES", "MEND_KWARGS", "BeyondAttack", "mend_table", "BeyondPlan", "HOLD_MARGIN", "PlannedRun", "SECOND_PAIR", "attack_table",
            "beyond_plan", "camouflage_curve", "clean_value", "defense_attack_table", "findings", "headline_metrics",
-           "holds", "lfighter_detection", "SWING_SHARE", "swings", "neuron_choices", "no_attack_row", "only_finished_runs", "planned_runs",
+           "holds", "lfighter_detection", "SWING_SHARE", "MIN_SWING_ROUNDS", "swing_table", "swings", "neuron_choices", "no_attack_row", "only_finished_runs", "planned_runs",
            "record_path", "run_beyond", "select_runs", "study_attacks", "verdicts", "write_findings"]
