@@ -549,7 +549,7 @@ def findings(rows: pd.DataFrame, plan: BeyondPlan, results_dir: str | Path, rati
             text += f" LFighter rejected {tpr:.0%} of the attackers' updates and {fpr:.0%} of the honest ones."
         if a.is_backdoor:
             rates = [(d, _cell(rows, a.key, d, ratio, "detection_tpr"), _cell(rows, a.key, d, ratio, "detection_fpr"))
-                     for d in v["defense"] if d not in ("fedavg", "median")]
+                     for d in v["defense"] if d not in ("fedavg", "median", "trimmed-mean")]  # they reject no one
             shown = ", ".join(f"{d} {100 * t:.0f} / {100 * f:.0f} %" for d, t, f in rates if not np.isnan(t))
             if shown:
                 text += f" Rejected attackers / honest peers (TPR / FPR): {shown}."
