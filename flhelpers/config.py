@@ -62,8 +62,11 @@ class ExperimentConfig:
     it changes the numbers: autocast runs convolutions and matrix products in bfloat16 (8 bits of
     mantissa) while the parameters, gradients, optimizer state, the averaged model, the defenses
     and the evaluation stay float32. On this CPU it made a ResNet18 step of 32 CIFAR10 images
-    15-25 % faster (issue 18; ``benchmarks/precision.py`` measures it). The paper and the
-    authors' code train in float32.
+    15-25 % faster (issue 18; ``benchmarks/precision.py`` measures it). Under bfloat16 the two
+    backends agree only to bfloat16's precision (their reduction orders differ, and 8-bit
+    mantissas amplify that: two local steps of ResNet18 or of the IMDB BiLSTM end 19-33 % of the
+    update's norm apart, as far as from float32), so a run's numbers depend on its backend too.
+    The paper and the authors' code train in float32.
 
     ``poisoned_rounds`` (``k``, default 0: off): a *poisoned start* (issue 19, section 1). In
     rounds ``t < k`` the server's step is FedAvg over the attackers' updates only, whatever
