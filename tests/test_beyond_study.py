@@ -95,13 +95,26 @@ def test_attack_tables_set_each_metric_beside_its_clean_value():
     assert list(src.index) == ["fedavg", "lfighter"] and list(src.columns)[:2] == ["no attack", "flip (paper)"]
     assert src.loc["lfighter", "no attack"] == pytest.approx(95.0)
     assert src.loc["fedavg", "flip (paper)"] == pytest.approx(50.0)
-    assert src.loc["lfighter", "two pairs: 3->8"] == pytest.approx(40.0)
-    assert np.isnan(src.loc["fedavg", "two pairs: 3->8"])  # not run
+    assert src.loc["lfighter", "two pairs (split): 3->8"] == pytest.approx(40.0)
+    assert np.isnan(src.loc["fedavg", "two pairs (split): 3->8"])  # not run
     asr = beyond.attack_table(rows, plan, "asr", 0.4)
-    assert asr.loc["lfighter", "two pairs: 3->8"] == pytest.approx(50.0)
+    assert asr.loc["lfighter", "two pairs (split): 3->8"] == pytest.approx(50.0)
     door = beyond.attack_table(rows, plan, "backdoor", 0.4)
     assert door.loc["fedavg", "no attack"] == pytest.approx(2.0)
     assert door.loc["fedavg", "backdoor (BadNets, 4x4, f = 0.5)"] == pytest.approx(99.0)
+
+
+def test_attack_tables_keep_both_spreads_of_two_pairs_apart():
+    """The medium plan runs two pairs split among the attackers and carried by each: two columns
+    per pair, never one overwriting the other."""
+    rows = pd.concat([_rows(), pd.DataFrame([
+        dict(key="pairs-each", defense="lfighter", attacker_ratio=0.4, source_accuracy_7_1=0.91,
+             attack_success_rate_7_1=0.01, source_accuracy_3_8=0.88, attack_success_rate_3_8=0.02)])],
+        ignore_index=True)
+    src = beyond.attack_table(rows, beyond.beyond_plan("medium"), "src", 0.4)
+    assert src.loc["lfighter", "two pairs (split): 3->8"] == pytest.approx(40.0)
+    assert src.loc["lfighter", "two pairs (each): 3->8"] == pytest.approx(88.0)
+    assert src.columns.is_unique
 
 
 def test_verdicts_hold_within_ten_points_and_two_pairs_take_the_worse_pair():

@@ -340,11 +340,14 @@ def attack_table(rows: pd.DataFrame, plan: BeyondPlan, kind: str, ratio: float) 
                     "asr" if not a.is_backdoor and "attack_success_rate" in metric else None)
             if want == kind:
                 suffix = heading.split(" ", 1)[1] if a.attack == "multi-pair-flip" else ""
-                columns.append((a.label if not suffix else f"two pairs: {suffix}", a.key, metric))
+                # the spread in the heading: two several-pairs attacks must not share (and overwrite) a column
+                spread = a.kwargs.get("spread", "each")
+                columns.append((a.label if not suffix else f"two pairs ({spread}): {suffix}", a.key, metric))
     defenses = _defenses(rows[rows["attacker_ratio"] > 0])
     table = pd.DataFrame(index=defenses)
     base_metric = {"src": "source_accuracy", "asr": "attack_success_rate", "backdoor": "backdoor_attack_success_rate"}
     table["no attack"] = clean_value(rows, base_metric[kind])
+    assert len({c[0] for c in columns}) == len(columns), "two columns of the table share a heading"
     for heading, key, metric in columns:
         table[heading] = [_cell(rows, key, d, ratio, metric) for d in defenses]
     ran = table.drop(columns="no attack").notna().any(axis=1)  # rules that met none of these attacks: out
