@@ -39,12 +39,8 @@ def flame_flip_config():
 
 
 def kind(row: pd.Series) -> str:
-    attackers = row["tp"] + row["fn"]
-    if attackers and row["tp"] >= beyond.SWING_SHARE * attackers:
-        return "caught"
-    if attackers and row["fn"] >= beyond.SWING_SHARE * attackers:
-        return "let in"
-    return "mixed"
+    """One round's kind (:func:`flhelpers.studies.beyond.swing_kinds`)."""
+    return beyond.swing_kinds(row.to_frame().T).iloc[0]
 
 
 def summary(rounds: pd.DataFrame, run_id: str, start: int, same_until: int, loss_diff: float) -> str:
@@ -116,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             ours = pd.read_csv(res.path / METRICS)
             geometry = read_geometry(record)
         rounds = geometry.merge(ours, on="round")
-        rounds.insert(1, "kind", rounds.apply(kind, axis=1))
+        rounds.insert(1, "kind", beyond.swing_kinds(rounds))
         atomic_write_csv(out / "rounds.csv", rounds)
     n = len(rounds)
     counts = ["tp", "fn", "fp", "tn"]

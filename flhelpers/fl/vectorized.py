@@ -520,6 +520,8 @@ class VectorizedTrainer:
         if traits is None:
             traits = inspect_model(model, dataset.prepare(dataset.train_x[:4].to(self.device)))
         self.traits = traits
+        # under bfloat16 autocast, vmap's BatchNorm rule needs a float32 input (_BatchNormUpcast)
+        self._upcast_batchnorm = cfg.precision != "float32" and traits.has_batchnorm
         self._grad = vmap(grad(self._peer_loss, has_aux=True))
 
     # -- one peer's loss, written for a single peer and batched by vmap ----------------------
@@ -540,8 +542,7 @@ class VectorizedTrainer:
         hooks = _FunctionalHooks(masks) if self.traits.needs_hooks else nullcontext()
         # nn.LSTM would try to re-pack batched weights for cuDNN (it reads their data pointers)
         no_cudnn = _cudnn_disabled() if self.traits.has_lstm else nullcontext()
-        low = self.cfg.precision != "float32"
-        upcast = _BatchNormUpcast() if low and self.traits.has_batchnorm else nullcontext()
+        upcast = _BatchNormUpcast() if self._upcast_batchnorm else nullcontext()
         with hooks, no_cudnn, training_autocast(self.cfg, self.device), upcast:
             logits = functional_call(self.model, (params, buffers), (x,))
             per_sample = per_sample_loss(self.cfg.loss, logits, y)

@@ -441,6 +441,17 @@ SWING_SHARE = 0.9
 MIN_SWING_ROUNDS = 3
 
 
+def swing_kinds(metrics: pd.DataFrame) -> pd.Series:
+    """Each round of ``metrics`` (``tp``, ``fn``) as ``"caught"`` (at least :data:`SWING_SHARE` of the
+    round's attackers rejected), ``"let in"`` (at least that share kept) or ``"mixed"``."""
+    attackers = metrics["tp"] + metrics["fn"]
+    has = attackers > 0
+    kinds = pd.Series("mixed", index=metrics.index)
+    kinds[has & (metrics["tp"] >= SWING_SHARE * attackers)] = "caught"
+    kinds[has & (metrics["fn"] >= SWING_SHARE * attackers)] = "let in"
+    return kinds
+
+
 def swings(results_dir: str | Path, run_id: str, start: int = 5) -> dict[str, float] | None:
     """A run's per-round detection (``metrics.csv``'s ``tp``, ``fn``, ``fp``, ``tn``, ``accepted``)
     from round ``start`` on, sorted into the rounds that *caught* the attackers (rejected at least
@@ -455,10 +466,9 @@ def swings(results_dir: str | Path, run_id: str, start: int = 5) -> dict[str, fl
     if not {"tp", "fn", "fp", "tn", "source_accuracy"} <= set(m.columns):
         return None
     m = m[m["round"] >= start].reset_index(drop=True)
-    attackers, honest = m["tp"] + m["fn"], m["fp"] + m["tn"]
-    has = attackers > 0
-    caught = has & (m["tp"] >= SWING_SHARE * attackers)
-    let_in = has & (m["fn"] >= SWING_SHARE * attackers)
+    honest = m["fp"] + m["tn"]
+    kinds = swing_kinds(m)
+    caught, let_in = kinds == "caught", kinds == "let in"
     after_caught = let_in & caught.shift(1, fill_value=False)
     nan = float("nan")
     return {"rounds": int(len(m)), "caught": int(caught.sum()), "let_in": int(let_in.sum()),
@@ -679,5 +689,5 @@ if __name__ == "__main__":
 
 __all__ = ["ALL_DEFENSES", "MEND_KWARGS", "BeyondAttack", "mend_table", "BeyondPlan", "HOLD_MARGIN", "PlannedRun", "SECOND_PAIR", "attack_table",
            "beyond_plan", "camouflage_curve", "clean_value", "defense_attack_table", "findings", "headline_metrics",
-           "holds", "lfighter_detection", "SWING_SHARE", "MIN_SWING_ROUNDS", "swing_table", "swings", "neuron_choices", "no_attack_row", "only_finished_runs", "planned_runs",
+           "holds", "lfighter_detection", "SWING_SHARE", "MIN_SWING_ROUNDS", "swing_kinds", "swing_table", "swings", "neuron_choices", "no_attack_row", "only_finished_runs", "planned_runs",
            "record_path", "run_beyond", "select_runs", "study_attacks", "verdicts", "write_findings"]

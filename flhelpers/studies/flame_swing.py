@@ -23,7 +23,6 @@ FLAME admitted. ``tools/flame_swing_study.py`` runs it on the committed run and 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import pandas as pd
 import torch
 
 from flhelpers.results import append_csv_row
-from flhelpers.studies.foolsgold_trap import source_holders
+from flhelpers.studies.foolsgold_trap import run_source_holders
 
 __all__ = ["GROUPS", "COLUMNS", "GeometryRecorder", "geometry_row", "mean_pairwise_cosine"]
 
@@ -95,8 +94,7 @@ class GeometryRecorder:
 
     def __call__(self, rec: Any) -> None:
         if self._holders is None:
-            hist = np.asarray(json.loads(self.config_path.read_text())["partition_histogram"])
-            self._holders = source_holders(hist, self.source)
+            self._holders = run_source_holders(self.config_path, self.source)
         ids = np.asarray(rec.peer_ids, dtype=int)
         attackers = np.asarray(rec.is_attacker, dtype=bool)
         holders = self._holders[ids] & ~attackers

@@ -42,7 +42,7 @@ from flhelpers.config import ExperimentConfig, benchmark_config
 from flhelpers.results import append_csv_row, finished_metrics
 from flhelpers.studies.reference import reference_dir
 
-__all__ = ["ARXIV_SETTING", "SWEEP_DEFENSES", "SWEEP_K", "WeightShareRecorder", "read_shares",
+__all__ = ["ARXIV_SETTING", "SWEEP_DEFENSES", "SWEEP_K", "WeightShareRecorder", "read_shares", "run_source_holders",
            "share_path", "source_holders", "study_configs", "study_dir", "trap_rounds", "trap_summary"]
 
 SWEEP_K: tuple[int, ...] = (0, 2, 4, 8)
@@ -79,6 +79,12 @@ def source_holders(histogram: np.ndarray, source: int) -> np.ndarray:
     return (hist[:, source] * hist.shape[1] >= totals) & (totals > 0)
 
 
+def run_source_holders(config_path: str | Path, source: int) -> np.ndarray:
+    """:func:`source_holders` of a run, from the partition histogram in its ``config.json``."""
+    record = json.loads(Path(config_path).read_text())
+    return source_holders(np.asarray(record["partition_histogram"]), source)
+
+
 def _shares(weights: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str, float]:
     total = float(weights.sum())
     if not np.isfinite(total) or total <= 0:
@@ -105,8 +111,7 @@ class WeightShareRecorder:
 
     def holders(self) -> np.ndarray:
         if self._holders is None:
-            record = json.loads(self.config_path.read_text())
-            self._holders = source_holders(np.asarray(record["partition_histogram"]), self.source)
+            self._holders = run_source_holders(self.config_path, self.source)
         return self._holders
 
     def __call__(self, rec: Any) -> None:
