@@ -12,13 +12,16 @@ again. ``--only`` keeps the configurations whose defense is listed. A run being 
 ``--reverse``); a stopped process (Ctrl-C, SIGTERM) removes its lock, remove it by hand only
 after a hard kill. LFighter runs write their per-round record
 (:class:`flhelpers.studies.lfighter_record.LFighterRecorder`) to ``records/<run-id>.csv``.
-``--seeds`` runs the plan at other seeds, e.g. MNIST-Extreme's FedAvg and LFighter over seeds 1-3
+``--set KEY=JSON`` overrides a field in every configuration and ``--ratios`` the attacker ratios,
+e.g. the released LFighter: ``--benchmarks cifar10-mild --only lfighter --ratios 0.4 0
+--set 'defense_kwargs={"variant": "released"}'``. ``--seeds`` runs the plan at other seeds, e.g. MNIST-Extreme's FedAvg and LFighter over seeds 1-3
 (issue 19, section 3): ``--benchmarks mnist-extreme --seeds 1 2 3 --skip median``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -45,6 +48,11 @@ def main() -> None:
                    "gradient capture is seed 0's, so other seeds are plain runs)")
     p.add_argument("--reverse", action="store_true", help="run each benchmark's plan last run first "
                    "(a second process on the same benchmarks then meets the first in the middle)")
+    p.add_argument("--ratios", type=float, nargs="+", default=None,
+                   help="attacker ratios (default: the plan's); with --only, the listed defenses run at each")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=JSON",
+                   help="a configuration override applied to every run, e.g. "
+                        "'defense_kwargs={\"variant\": \"released\"}' or local_epochs=3 (repeatable)")
     p.add_argument("--results-dir", default=None, help="default: results/reference/<profile>")
     p.add_argument("--data-root", default=os.environ.get("FLHELPERS_DATA"))
     args = p.parse_args()
@@ -52,9 +60,17 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     torch.set_num_threads(args.threads)
     out = Path(args.results_dir or f"results/reference/{args.profile}")
+    overrides = {}
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     for b in args.benchmarks:
         capture_id = capture_config(b, args.profile).run_id()
-        configs = make_grid(b, args.profile, seeds=tuple(args.seeds))
+        configs = make_grid(b, args.profile, defenses=args.only or None, attacker_ratios=args.ratios,
+                            seeds=tuple(args.seeds), **overrides)
         for cfg in reversed(configs) if args.reverse else configs:
             if (args.only is not None and cfg.defense not in args.only) or cfg.defense in args.skip:
                 continue

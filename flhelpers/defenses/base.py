@@ -63,12 +63,16 @@ class AggregationResult:
         weights: ``(K,)`` the weights the rule gave each peer, where it is a weighted mean;
             ``None`` for coordinate-wise rules (median, trimmed mean).
         info: anything a user may want to inspect (scores, clusters), JSON-friendly.
+        buffer_weights: ``(K,)`` the weights of the mean of the peers' BatchNorm statistics, where
+            the rule sets them (the released LFighter: unweighted); ``None``: the sample counts of
+            the accepted peers.
     """
 
     update: torch.Tensor
     accepted: torch.Tensor
     weights: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    buffer_weights: torch.Tensor | None = None
 
 
 class Defense:

@@ -26,6 +26,10 @@ its bias, :meth:`ParamLayout.output_rows`):
 With a single output neuron (IMDB) the feature is the whole output layer gradient and the k-means
 branch is used, whatever the distribution.
 
+The authors' released code (``variant="released"``, :func:`filter_released`) computes something
+else; its seven differences from the text above are listed in :class:`LFighter`'s docstring.
+The paper's text is the default.
+
 Choices where the paper is silent (each also stated at the code that makes it):
 
 * **Singleton cluster.** Procedure 1 takes ``max_j theta_ij`` over all ``j`` of the cluster,
@@ -89,6 +93,7 @@ from flhelpers.params import ParamLayout
 Distribution = Literal["auto", "iid", "mild", "extreme"]
 _DISTRIBUTIONS = ("auto", "iid", "mild", "extreme")
 _EXTREME_FEATURES = ("in-place", "concat")
+_VARIANTS = ("paper", "released")
 _MIN_PEERS = 3
 _SCORE_RTOL = 1e-9
 
@@ -346,6 +351,87 @@ def detect_distribution(layout: ParamLayout, rows: torch.Tensor) -> tuple[str, d
     return kind, {"distribution_rule": "bias-gradient signs", "share_holding_one_class": share}
 
 
+# ----------------------------------------------------------------------------- the released code's Procedure 1
+
+
+def released_magnitudes(dw_rows: np.ndarray, has_bias: bool = True) -> np.ndarray:
+    """The released code's neuron magnitudes ``M_c = sum_k ||dW_k[c]||_2 + sum_k |db_k[c]|``, ``(C,)``.
+
+    ``dw_rows`` are the output-layer rows ``(K, C, in[+1])`` of ``dW = W_global - W_local`` (not divided
+    by the learning rate), the bias in the last column when ``has_bias``. The weight row's norm and
+    the bias's absolute value are summed separately (the paper: the norm of the whole row).
+    """
+    x = np.asarray(dw_rows, dtype=np.float64)
+    if not has_bias:
+        return np.linalg.norm(x, axis=-1).sum(axis=0)
+    return np.linalg.norm(x[..., :-1], axis=-1).sum(axis=0) + np.abs(x[..., -1]).sum(axis=0)
+
+
+def cosine_matrix(features: np.ndarray) -> np.ndarray:
+    """``cos(x_i, x_j)`` for the rows of ``features``; a zero row has cosine 0 with every row,
+    itself included (scikit-learn's ``cosine_similarity`` convention, which the released code uses)."""
+    x = np.asarray(features, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1)
+    unit = x / np.where(norms > 0, norms, 1.0)[:, None]
+    return np.clip(unit @ unit.T, -1.0, 1.0)
+
+
+def released_dissimilarity(features: np.ndarray) -> float:
+    """The released code's cluster score (``clusters_dissimilarity``) of one cluster, before its
+    size share: ``1 - mean_i min_j (CS - I)_ij`` with ``CS`` the members' cosine matrix.
+
+    The diagonal of ``CS - I`` is 0 and the row minimum includes it, so a cluster whose members are
+    all within 90 degrees of each other scores exactly 1, and a singleton scores 1. (A zero row has
+    cosine 0 with itself, so its diagonal entry is -1 and its row minimum -1.)
+    """
+    x = np.asarray(features, dtype=np.float64)
+    if x.shape[0] == 0:
+        return 0.0
+    cs = cosine_matrix(x) - np.eye(x.shape[0])
+    return float(1.0 - cs.min(axis=1).mean())
+
+
+def released_scores(features: np.ndarray, labels: np.ndarray) -> tuple[list[float], list[float], list[int]]:
+    """``ds_c = n_c / m * released_dissimilarity(cluster c)`` for ``c = 0, 1``: (scores, dissimilarities,
+    sizes); the cluster with the larger score is the released code's good one."""
+    x = np.asarray(features, dtype=np.float64)
+    m = len(labels)
+    sizes = [int(np.sum(labels == c)) for c in (0, 1)]
+    dis = [released_dissimilarity(x[labels == c]) for c in (0, 1)]
+    return [sizes[c] / m * dis[c] for c in (0, 1)], dis, sizes
+
+
+def filter_released(features: np.ndarray, n_init: int = 10,
+                    random_state: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """The released code's Procedure 1: a ``(K,)`` bool mask of bad peers and what was found.
+
+    ``KMeans(n_clusters=2, random_state=0, n_init=10)``; cluster ``c`` of ``n_c`` of the ``m`` peers
+    scores ``ds_c = n_c / m * released_dissimilarity(cluster c)``; the cluster with the larger score is
+    good and the other is bad, on a tie cluster 0 is good. One cluster is always dropped, even with
+    no attacker. Degenerate inputs (ours; the released code would raise): fewer than 2 peers, all
+    features identical, or k-means returning one cluster: every peer accepted.
+    """
+    from sklearn.cluster import KMeans
+
+    x = np.asarray(features, dtype=np.float64)
+    k = x.shape[0]
+    bad = np.zeros(k, dtype=bool)
+    if k < 2:
+        return bad, {"reason": "fewer than 2 peers: all accepted"}
+    if _distinct_rows(x) < 2:
+        return bad, {"reason": "all features identical: all accepted"}
+    labels = np.asarray(KMeans(n_clusters=2, random_state=random_state, n_init=n_init).fit(x).labels_, dtype=int)
+    info: dict[str, Any] = {"labels": labels.tolist()}
+    if len(np.unique(labels)) < 2:
+        info["reason"] = "k-means found a single cluster: all accepted"
+        return bad, info
+    scores, dis, sizes = released_scores(x, labels)
+    good = 1 if scores[0] < scores[1] else 0
+    info.update(scores=scores, dissimilarities=dis, cluster_sizes=sizes, bad_cluster=1 - good,
+                reason="released code: the cluster with the lower size x dissimilarity is bad")
+    return labels != good, info
+
+
 # ----------------------------------------------------------------------------- the rule
 
 
@@ -380,16 +466,59 @@ class LFighter(Defense):
             (:func:`filter_mild_passes`, issue 20), at the cost of one k-means a pass and of
             honest peers rejected when no second pair is attacked.
 
+        variant: ``"paper"`` (the default: Procedures 1 and 2 as the paper's text writes them) or
+            ``"released"``: what the authors' released code (``najeebjebreel/LFighter``,
+            ``aggregation.py``, class ``LFD``), which produced the journal's numbers, computes.
+            Its differences from the paper's text:
+
+            1. *The cluster score* (decides): ``ds_c = n_c / m * (1 - mean_i min_j (CS_c - I)_ij)``
+               with ``CS_c`` the cosine matrix of cluster ``c``'s features; the larger ``ds`` is good
+               (tie: cluster 0). The row minimum includes the zeroed diagonal, so a cluster whose
+               members are all within 90 degrees of each other scores ``n_c / m`` and the larger
+               such cluster wins; a singleton scores ``1 / m``. The paper's score (size share x mean
+               largest angle) marks the *tighter* cluster bad instead
+               (:func:`released_dissimilarity`, :func:`filter_released`).
+            2. *Neuron magnitudes* (can decide which neurons): ``M_c = sum_k ||dW_k[c]||_2 +
+               sum_k |db_k[c]|``, the weight row's norm and the bias's absolute value summed
+               separately, with ``dW = W_global - W_local`` not divided by the learning rate
+               (:func:`released_magnitudes`; the scale does not change the ranking).
+            3. *Features* (can decide): ``dW_k`` at the two rows, weights only, no bias.
+            4. *Clustering* (can decide): ``KMeans(n_clusters=2, random_state=0, n_init=10)``, the
+               same initialisation every round (the paper variant seeds it per round).
+            5. *Aggregation* (changes the step, not the verdict): the unweighted mean of the good
+               cluster's models, BatchNorm statistics included (the paper: FedAvg by sample count).
+            6. *One cluster is always dropped* (decides at 0 % attackers): no tie rule, no
+               "accept everyone" when the clusters are alike.
+            7. *Two or fewer outputs (IMDB)*: the features are the whole output layer's ``dW``
+               weights (no bias), as in point 3.
+
+            And no extreme branch: Procedure 2 (HDBSCAN) exists only in the authors' earlier
+            repository, so the released variant runs k-means on every split, MNIST-Extreme
+            included; ``distribution="extreme"``, ``passes > 1`` and ``split_by_own_top`` are
+            refused with it.
+
     ``info`` holds ``distribution``, the potential ``source_target`` neurons (iid/mild) or each
     peer's ``peer_top_neurons`` (extreme), the cluster ``labels``, ``scores`` and
-    ``inverse_densities`` (iid/mild) or ``cluster_top_neuron`` (extreme), and ``reason``.
+    ``inverse_densities`` (iid/mild; ``dissimilarities`` for the released variant) or
+    ``cluster_top_neuron`` (extreme), ``variant`` when it is ``"released"``, and ``reason``.
     """
 
     name = "lfighter"
 
     def __init__(self, distribution: Distribution = "auto", n_init: int = 10,
                  extreme_features: str = "concat", min_samples: int | None = 3, passes: int = 1,
-                 split_by_own_top: bool = False) -> None:
+                 split_by_own_top: bool = False, variant: str = "paper") -> None:
+        if variant not in _VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(map(repr, _VARIANTS))} ('paper': the "
+                             f"paper's text, 'released': the authors' released code); got {variant!r}.")
+        if variant == "released":
+            if distribution == "extreme":
+                raise ValueError("variant='released' has no extreme branch (the released code runs k-means "
+                                 "on every split); use distribution='auto' or variant='paper'.")
+            if passes != 1 or split_by_own_top:
+                raise ValueError("passes and split_by_own_top are options of the paper's variant; "
+                                 "leave them at 1 and False with variant='released'.")
+        self.variant = variant
         if not isinstance(split_by_own_top, bool):
             raise ValueError(f"split_by_own_top must be True or False (False: the paper's Procedure 2); "
                              f"got {split_by_own_top!r}.")
@@ -415,6 +544,8 @@ class LFighter(Defense):
         self.n_init = n_init
 
     def aggregate(self, updates: torch.Tensor, ctx: AggregationContext) -> AggregationResult:
+        if self.variant == "released":
+            return self._aggregate_released(updates, ctx)
         layout = ctx.layout
         # only the output layer is read: never materialise the K x D gradient (ResNet18: GBs)
         # in float64: -u / lr of a finite but huge update would overflow float32 to inf,
@@ -462,7 +593,32 @@ class LFighter(Defense):
         result.info = info
         return result
 
+    def _aggregate_released(self, updates: torch.Tensor, ctx: AggregationContext) -> AggregationResult:
+        """The released code's round (class docstring, points 1-7)."""
+        layout = ctx.layout
+        dw = (-layout.output_rows(updates.detach())).to(device="cpu", dtype=torch.float64).numpy()
+        k, c = dw.shape[0], dw.shape[1]
+        has_bias = layout.output_bias is not None
+        weights = dw[..., :-1] if has_bias else dw
+        info: dict[str, Any] = {"variant": "released", "distribution": "iid"}
+        if c <= 2:
+            features = weights.reshape(k, -1)
+            info["source_target"] = list(range(c))
+        else:
+            pair = top_two(released_magnitudes(dw, has_bias))
+            features = weights[:, pair, :].reshape(k, -1)
+            info["source_target"] = [int(i) for i in pair]
+        bad, found = filter_released(features, n_init=self.n_init)
+        info.update(found)
+        accepted = torch.as_tensor(~bad, dtype=torch.bool, device=updates.device)
+        result = mean_of_accepted(updates, ctx, accepted, weighted=False)
+        result.buffer_weights = result.weights
+        result.info = info
+        return result
+
     def __repr__(self) -> str:
+        if self.variant == "released":
+            return f"LFighter(variant='released', n_init={self.n_init})"
         return (f"LFighter(distribution={self.distribution!r}, n_init={self.n_init}, "
                 f"extreme_features={self.extreme_features!r}, min_samples={self.min_samples!r}"
                 + (f", passes={self.passes}" if self.passes != 1 else "")

@@ -44,8 +44,8 @@ from flhelpers.config import (ConfigError, ExperimentConfig, check_defense_size,
 from flhelpers.data import load_dataset
 from flhelpers.data.base import FLDataset
 from flhelpers.defenses.base import AggregationContext, AggregationResult, Defense
-from flhelpers.fl.guards import (apply_update, attackers_mean, average_buffers, feasible_attackers,  # noqa: F401
-                                 guarded_aggregate)
+from flhelpers.fl.guards import (apply_update, attackers_mean, average_buffers, buffer_weights,  # noqa: F401
+                                 feasible_attackers, guarded_aggregate)
 from flhelpers.metrics import attack_metrics, detection_counts, evaluate, summarize
 from flhelpers.models import build_model
 from flhelpers.params import ParamLayout, flatten_buffers, flatten_params, layout_of, load_flat_buffers, load_flat_params
@@ -449,7 +449,8 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
             result = attackers_mean(sent, torch.as_tensor(is_attacker[peer_ids]), ctx.num_samples, result)
         st.global_params, discarded = apply_update(st.global_params, result)
         if not discarded:
-            st.global_buffers = average_buffers(st.global_buffers, buffers, ctx.num_samples, result.accepted)
+            st.global_buffers = average_buffers(st.global_buffers, buffers, buffer_weights(result, ctx.num_samples),
+                                                result.accepted)
         t2 = time.perf_counter()
         if on_round is not None:
             on_round(RoundRecord(r, peer_ids, is_attacker[peer_ids], updates, result, ctx, discarded))

@@ -78,6 +78,10 @@ def guarded_aggregate(defense: Defense, updates: torch.Tensor, ctx: AggregationC
     if inner.weights is not None:
         weights = torch.zeros(k, dtype=inner.weights.dtype)
         weights[keep] = inner.weights.cpu()
+    buffer_w = None
+    if inner.buffer_weights is not None:
+        buffer_w = torch.zeros(k, dtype=inner.buffer_weights.dtype)
+        buffer_w[keep] = inner.buffer_weights.cpu()
     info = dict(inner.info)
     if n_bad:
         info["non_finite"] = n_bad
@@ -87,7 +91,7 @@ def guarded_aggregate(defense: Defense, updates: torch.Tensor, ctx: AggregationC
     if not bool(torch.isfinite(update).all()):
         info["discarded"] = "the rule's aggregate is non-finite: no update this round"
         update = torch.zeros_like(update)
-    return AggregationResult(update, accepted, weights, info)
+    return AggregationResult(update, accepted, weights, info, buffer_w)
 
 
 def apply_update(global_params: torch.Tensor, result: AggregationResult) -> tuple[torch.Tensor, bool]:
@@ -99,6 +103,12 @@ def apply_update(global_params: torch.Tensor, result: AggregationResult) -> tupl
         result.info["discarded"] = "W + update overflows: no update this round"
         return global_params, True
     return new, False
+
+
+def buffer_weights(result: AggregationResult, num_samples: torch.Tensor) -> torch.Tensor:
+    """The weights of the BatchNorm statistics' mean: the rule's ``buffer_weights`` where it sets them
+    (the released LFighter: unweighted), else the peers' sample counts."""
+    return num_samples if result.buffer_weights is None else result.buffer_weights
 
 
 def average_buffers(global_buffers: torch.Tensor, buffers: torch.Tensor, num_samples: torch.Tensor,

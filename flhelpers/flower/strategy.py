@@ -49,7 +49,7 @@ from torch import nn
 
 from flhelpers.config import ConfigError, ExperimentConfig, make_defense
 from flhelpers.defenses.base import AggregationContext, AggregationResult, Defense
-from flhelpers.fl.guards import apply_update, average_buffers, guarded_aggregate
+from flhelpers.fl.guards import apply_update, average_buffers, buffer_weights, guarded_aggregate
 from flhelpers.params import ParamLayout, layout_of
 from flhelpers.seeding import derive_seed
 
@@ -226,7 +226,7 @@ class RobustStrategy(FedAvg):
         new_params, discarded = apply_update(global_params, result)
         self.last = RoundAggregation(server_round, ids, updates, ctx, result)
         accepted = result.accepted.cpu().bool()
-        arrays = self._new_arrays(global_np, local_np, new_params, sizes, accepted, discarded)
+        arrays = self._new_arrays(global_np, local_np, new_params, buffer_weights(result, sizes), accepted, discarded)
         metrics = self._round_metrics(contents, ids, accepted, result)
         log(INFO, "aggregate_train: %r accepted %d of %d clients; rejected ids %s", self.defense,
             int(accepted.sum()), len(ids), metrics["rejected-ids"])
