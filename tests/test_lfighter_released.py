@@ -225,3 +225,44 @@ def test_a_released_run_finishes_on_real_data(tmp_path) -> None:
     assert conf["config"]["defense_kwargs"] == {"variant": "released"}
     m = res.metrics
     assert len(m) == 2 and ((m["tp"] + m["fp"]) >= 1).all()  # one cluster is dropped in every round
+
+
+def test_list_names_both_variants_and_the_cli_selects_the_released_one(capsys) -> None:
+    from flhelpers.cli import main, run_config, build_parser
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "variant=released" in out and "variant=paper" in out
+    args = build_parser().parse_args(["run", "--benchmark", "mnist-iid", "--defense", "lfighter",
+                                      "--defense-arg", "variant=released"])
+    assert run_config(args).defense_kwargs == {"variant": "released"}
+
+
+def test_lfighter_released_is_a_registered_rule_of_its_own() -> None:
+    from flhelpers.config import benchmark_config, make_defense
+
+    cfg = benchmark_config("cifar10-mild", "medium", defense="lfighter-released", attacker_ratio=0.4)
+    rule = make_defense(cfg)
+    assert rule.variant == "released" and rule.name == "lfighter-released"
+    assert cfg.run_id() not in {benchmark_config("cifar10-mild", "medium", defense="lfighter",
+                                                 attacker_ratio=0.4).run_id()}
+
+
+def test_the_variants_table_puts_both_lfighters_and_their_cost_at_zero_side_by_side() -> None:
+    import pandas as pd
+
+    from flhelpers.studies.reference import lfighter_variants
+
+    def row(d: str, r: float, src: float, fpr: float) -> dict:
+        return {"benchmark": "imdb", "defense": d, "attacker_ratio": r, "seed": 0, "source_accuracy": src,
+                "attack_success_rate": 1 - src, "accuracy": 0.8, "detection_tpr": 1.0, "detection_fpr": fpr,
+                "profile": "medium"}
+
+    frame = pd.DataFrame([row("fedavg", 0.0, 0.82, 0.0), row("lfighter", 0.0, 0.81, 0.10),
+                          row("lfighter-released", 0.0, 0.76, 0.45), row("lfighter", 0.4, 0.80, 0.0),
+                          row("lfighter-released", 0.4, 0.79, 0.2)])
+    v = lfighter_variants(frame).set_index(["benchmark", "variant"]).loc["imdb"]
+    paper, released = v.loc["lfighter (paper's text)"], v.loc["lfighter (released code)"]
+    assert released["cost at 0 %"] == pytest.approx(-6.0) and released["FPR at 0 %"] == pytest.approx(45.0)
+    assert paper["cost at 0 %"] == pytest.approx(-1.0) and paper["Src-Acc"] == pytest.approx(80.0)
+    assert released["paper Src-Acc"] == paper["paper Src-Acc"] == pytest.approx(85.44)

@@ -32,7 +32,7 @@ def test_table3_puts_ours_beside_the_paper_with_the_difference() -> None:
     summaries = _summary_rows([("imdb", "fedavg", 0.0, 0.86, 0.14, 0.86), ("imdb", "lfighter", 0.4, 0.80, 0.20, 0.84),
                                ("imdb", "lfighter", 0.4, 0.84, 0.16, 0.86)])  # two seeds: their mean
     t3 = table3(summaries)
-    assert len(t3) == 3 * 7  # three Table 3 rows x (FedAvg without attack + six rules)
+    assert len(t3) == 3 * 8  # three Table 3 rows x (FedAvg without attack + six rules + the released LFighter)
     lf = t3[(t3["benchmark"] == "imdb") & (t3["defense"] == "lfighter")].iloc[0]
     assert lf["runs"] == 2
     assert lf["src_acc"] == pytest.approx(82.0)
@@ -43,7 +43,11 @@ def test_table3_puts_ours_beside_the_paper_with_the_difference() -> None:
     missing = t3[(t3["benchmark"] == "cifar10-mild") & (t3["defense"] == "median")].iloc[0]
     assert missing["runs"] == 0 and math.isnan(missing["src_acc"])
     md = table3_markdown(t3, shape_checks(summaries))
-    assert "| lfighter | 82.0 | 85.4 | -3.4 |" in md
+    assert "| lfighter (paper's text) | 82.0 | 85.4 | -3.4 |" in md
+    assert "| lfighter (released code) (not run yet) | - | 85.4 |" in md
+    released = table3(pd.concat([summaries, _summary_rows([("imdb", "lfighter-released", 0.4, 0.85, 0.15, 0.86)])]))
+    row = released[(released["benchmark"] == "imdb") & (released["defense"] == "lfighter-released")].iloc[0]
+    assert row["runs"] == 1 and row["src_acc_diff"] == pytest.approx(85.0 - 85.44)  # the paper's one LFighter cell
     assert "median (not run yet)" in md
 
 
@@ -103,13 +107,16 @@ def test_medium_profile_is_the_papers_structure() -> None:
 def test_the_medium_plan_is_table3_and_the_mnist_splits() -> None:
     plan = {b: make_grid(b, "medium") for b in ("mnist-mild", "cifar10-mild", "imdb", "mnist-iid", "mnist-extreme",
                                                  "cifar10-iid")}
-    assert sum(len(v) for v in plan.values()) == 32
-    assert {(c.defense, c.attacker_ratio) for c in plan["cifar10-iid"]} == {("fedavg", 0.0), ("fedavg", 0.4),
-                                                                          ("lfighter", 0.4)}
+    assert sum(len(v) for v in plan.values()) == 47
+    assert {(c.defense, c.attacker_ratio) for c in plan["cifar10-iid"]} == {
+        ("fedavg", 0.0), ("lfighter-released", 0.0), ("fedavg", 0.4), ("lfighter", 0.4), ("lfighter-released", 0.4)}
     for b in ("mnist-mild", "cifar10-mild", "imdb"):
         cells = {(c.defense, c.attacker_ratio) for c in plan[b]}
-        assert cells == {("fedavg", 0.0)} | {(d, 0.4) for d in ("fedavg", "median", "trimmed-mean", "multi-krum",
-                                                                  "foolsgold", "lfighter")}
+        assert cells == {(d, 0.0) for d in ("fedavg", "lfighter", "lfighter-released")} | {
+            (d, 0.4) for d in ("fedavg", "median", "trimmed-mean", "multi-krum", "foolsgold", "lfighter",
+                               "lfighter-released")}
+    assert {(c.defense, c.attacker_ratio) for c in plan["mnist-extreme"]} == {
+        ("fedavg", 0.0)} | {(d, 0.4) for d in ("fedavg", "median", "lfighter", "lfighter-released")}
 
 
 def _committed(cfg: ExperimentConfig) -> Path:

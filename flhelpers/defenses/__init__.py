@@ -22,7 +22,7 @@ from flhelpers.defenses.ffl import FFL, MixThenAggregate, ffl_scores, mix_pairs
 from flhelpers.defenses.flame import FLAME
 from flhelpers.defenses.foolsgold import FoolsGold
 from flhelpers.defenses.krum import Krum, MultiKrum
-from flhelpers.defenses.lfighter import LFighter
+from flhelpers.defenses.lfighter import LFighter, LFighterReleased
 from flhelpers.defenses.median import Median
 from flhelpers.defenses.repeated_median import RepeatedMedian
 from flhelpers.defenses.tolpegin import Tolpegin
@@ -32,7 +32,7 @@ from flhelpers.registry import register_defense
 
 #: every built-in rule, in the order ``flhelpers list`` shows them
 BUILTIN_DEFENSES = (FedAvg, Median, RepeatedMedian, TrimmedMean, Krum, MultiKrum, FoolsGold,
-                    LFighter, Tolpegin, FLAME, DPFedAvg, FFL, MixThenAggregate, UserElimination)
+                    LFighter, LFighterReleased, Tolpegin, FLAME, DPFedAvg, FFL, MixThenAggregate, UserElimination)
 for _cls in BUILTIN_DEFENSES:
     register_defense(_cls.name, _cls)
 #: the rules of the paper's comparison, in its order
@@ -40,6 +40,6 @@ PAPER_DEFENSES = ("fedavg", "median", "repeated-median", "trimmed-mean", "multi-
                   "lfighter")
 
 __all__ = ["AggregationContext", "AggregationResult", "BUILTIN_DEFENSES", "DPFedAvg", "Defense", "FFL", "FLAME",
-           "FedAvg", "FoolsGold", "Krum", "LFighter", "Median", "MixThenAggregate", "MultiKrum", "PAPER_DEFENSES",
+           "FedAvg", "FoolsGold", "Krum", "LFighter", "LFighterReleased", "Median", "MixThenAggregate", "MultiKrum", "PAPER_DEFENSES",
            "RepeatedMedian", "Tolpegin", "TrimmedMean", "UserElimination", "clip_updates", "ffl_scores",
            "ldp_report", "mix_pairs", "planned_epsilon", "two_means_1d", "weighted_mean", "with_dp"]

@@ -66,24 +66,34 @@ _QUICK_PLANS: dict[str, GridPlan] = {
 
 #: the rules of the journal's Table 3 (PAPER.md section 5), in its column order
 TABLE3_DEFENSES = ("fedavg", "median", "trimmed-mean", "multi-krum", "foolsgold", "lfighter")
+#: the authors' released LFighter (:class:`~flhelpers.defenses.lfighter.LFighterReleased`), shown beside
+#: the paper's text in every LFighter cell: the paper has one LFighter cell, which both are compared with
+RELEASED_LFIGHTER = "lfighter-released"
+#: Table 3's rows as this project draws them: the paper's rules, then the released LFighter
+TABLE3_ROWS = TABLE3_DEFENSES + (RELEASED_LFIGHTER,)
+#: how the two LFighters are named in tables
+ROW_TITLES = {"lfighter": "lfighter (paper's text)", RELEASED_LFIGHTER: "lfighter (released code)"}
 
 # Medium grids: the committed reference results (results/reference/medium, issue 11). The
 # journal's Table 3 on its three benchmarks (FedAvg without attack, every Table 3 rule at 40 %),
 # and FedAvg, the median and LFighter on MNIST-iid and MNIST-Extreme. CIFAR10-iid has no medium
 # grid (Table 3 uses the Dirichlet split).
-_TABLE3_PLAN = GridPlan(TABLE3_DEFENSES, (0.0, 0.4), "the journal's Table 3: FedAvg at 0 %, its six rules "
-                        "at 40 %", ("fedavg",))
+# Both LFighters run at 0 % too: what each costs without attackers (FPR, Src-Acc against FedAvg).
+_CLEAN = ("fedavg", "lfighter", RELEASED_LFIGHTER)
+_TABLE3_PLAN = GridPlan(TABLE3_ROWS, (0.0, 0.4), "the journal's Table 3: FedAvg and both LFighters at 0 %, "
+                        "its six rules and the released LFighter at 40 %", _CLEAN)
 _MEDIUM_PLANS: dict[str, GridPlan] = {
     "mnist-mild": _TABLE3_PLAN,
     "cifar10-mild": _TABLE3_PLAN,
     "imdb": _TABLE3_PLAN,
-    "mnist-iid": GridPlan(("fedavg", "median", "lfighter"), (0.0, 0.4), "FedAvg at 0 %; FedAvg, median and "
-                          "LFighter at 40 %", ("fedavg",)),
-    "mnist-extreme": GridPlan(("fedavg", "median", "lfighter"), (0.0, 0.4), "FedAvg at 0 %; FedAvg, median "
-                              "and LFighter at 40 % (4 of the 10 source-class holders)", ("fedavg",)),
-    # issue 18: the iid CIFAR10 split beside Table 3's Dirichlet row, at the same 50,000-image budget
-    "cifar10-iid": GridPlan(("fedavg", "lfighter"), (0.0, 0.4), "FedAvg at 0 %; FedAvg and LFighter at 40 %",
-                            ("fedavg",)),
+    "mnist-iid": GridPlan(("fedavg", "median", "lfighter", RELEASED_LFIGHTER), (0.0, 0.4), "FedAvg and both "
+                          "LFighters at 0 %; FedAvg, median and both LFighters at 40 %", _CLEAN),
+    "mnist-extreme": GridPlan(("fedavg", "median", "lfighter", RELEASED_LFIGHTER), (0.0, 0.4), "FedAvg at 0 %; "
+                              "FedAvg, median and both LFighters at 40 % (4 of the 10 source-class holders)",
+                              ("fedavg",)),
+    # the iid CIFAR10 split beside Table 3's Dirichlet row, at the same 50,000-image budget
+    "cifar10-iid": GridPlan(("fedavg", "lfighter", RELEASED_LFIGHTER), (0.0, 0.4), "FedAvg and the released "
+                            "LFighter at 0 %; FedAvg and both LFighters at 40 %", ("fedavg", RELEASED_LFIGHTER)),
 }
 
 
@@ -166,6 +176,8 @@ PAPER_TABLE3: dict[str, dict[str, tuple[float, float]]] = {
              "trimmed-mean": (17.84, 82.16), "multi-krum": (0.00, 100.00), "foolsgold": (85.75, 14.25),
              "lfighter": (85.44, 14.56)},
 }
+for _row in PAPER_TABLE3.values():
+    _row[RELEASED_LFIGHTER] = _row["lfighter"]
 #: the benchmark each journal Table 3 row was measured on (its MNIST and CIFAR10 rows used a Dirichlet split)
 TABLE3_BENCHMARKS: dict[str, str] = {"mnist-mild": "mnist", "cifar10-mild": "cifar10", "imdb": "imdb"}
 #: what the paper's figures show across 0-50 % attackers (PAPER.md section 5, paper section 6.2)
@@ -415,5 +427,5 @@ def write_benchmark_tables(summaries: pd.DataFrame, results_dir: str | Path, ben
 
 
 __all__ = ["GridPlan", "PAPER_FIGURE_READINGS", "PAPER_RATIOS", "PAPER_TABLE3", "TABLE3_BENCHMARKS",
-           "TABLE3_DEFENSES", "capture_config", "capture_configs", "capture_ratio", "check_findings", "default_plan", "has_plan",
+           "TABLE3_DEFENSES", "TABLE3_ROWS", "RELEASED_LFIGHTER", "ROW_TITLES", "capture_config", "capture_configs", "capture_ratio", "check_findings", "default_plan", "has_plan",
            "make_grid", "notebook_plan", "paper_comparison", "plan_table", "stability_ratio", "write_benchmark_tables"]

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flhelpers.studies.paper import PAPER_TABLE3, TABLE3_BENCHMARKS, TABLE3_DEFENSES, cell_mean, select_cell
+from flhelpers.studies.paper import (PAPER_TABLE3, RELEASED_LFIGHTER, ROW_TITLES, TABLE3_BENCHMARKS, TABLE3_ROWS,
+                                     cell_mean, select_cell)
 from flhelpers.studies.tables import to_markdown
 from flhelpers.results import atomic_write_text, is_finished, load_results
 
@@ -40,6 +41,8 @@ REFERENCE_PROFILES = ("medium",)
 PAPER_ALL_ACC_40: dict[str, dict[str, float]] = {"mnist": {"fedavg": 95.11, "lfighter": 96.30},
                                                  "cifar10": {"fedavg": 73.32, "lfighter": 72.82},
                                                  "imdb": {"fedavg": 56.09, "lfighter": 87.57}}
+for _row in PAPER_ALL_ACC_40.values():
+    _row[RELEASED_LFIGHTER] = _row["lfighter"]  # the paper's one LFighter cell, beside both variants
 #: how far (points) a cell may be from the paper's before it needs a written reason
 REASON_THRESHOLD = 10.0
 #: written reasons for cells more than 10 points from the paper's: (benchmark, defense) -> text;
@@ -293,7 +296,7 @@ def table3(summaries: pd.DataFrame, ratio: float = 0.4) -> pd.DataFrame:
     for bench, key in TABLE3_BENCHMARKS.items():
         paper = PAPER_TABLE3[key]
         drop_last, samples = training_set(summaries, bench)
-        for name in ("fedavg-no-attack",) + TABLE3_DEFENSES:
+        for name in ("fedavg-no-attack",) + TABLE3_ROWS:
             defense, r = ("fedavg", 0.0) if name == "fedavg-no-attack" else (name, ratio)
             runs = len(select_cell(summaries, bench, defense, r))
             src, asr, acc = (_value(summaries, bench, defense, r, m)
@@ -354,16 +357,17 @@ def shape_checks(summaries: pd.DataFrame, ratio: float = 0.4) -> pd.DataFrame:
         clean_src = _value(summaries, b, "fedavg", 0.0, "source_accuracy")
         clean_asr = _value(summaries, b, "fedavg", 0.0, "attack_success_rate")
         fed = _value(summaries, b, "fedavg", ratio, "source_accuracy")
-        lf = _value(summaries, b, "lfighter", ratio, "source_accuracy")
-        lf_asr = _value(summaries, b, "lfighter", ratio, "attack_success_rate")
         checks = []
         if b != "mnist-iid":
             checks.append(("FedAvg's Src-Acc falls at least 10 points",
                            f"{clean_src:.1f} -> {fed:.1f}", clean_src - fed >= 10, (clean_src, fed)))
-        checks.append(("LFighter's Src-Acc within 5 points of FedAvg without attack",
-                       f"{lf:.1f} vs {clean_src:.1f}", lf >= clean_src - 5, (lf, clean_src)))
-        checks.append(("LFighter's ASR within 5 points of the no-attack ASR",
-                       f"{lf_asr:.1f} vs {clean_asr:.1f}", lf_asr <= clean_asr + 5, (lf_asr, clean_asr)))
+        for rule, who in (("lfighter", "LFighter"), (RELEASED_LFIGHTER, "LFighter (released code)")):
+            lf = _value(summaries, b, rule, ratio, "source_accuracy")
+            lf_asr = _value(summaries, b, rule, ratio, "attack_success_rate")
+            checks.append((f"{who}'s Src-Acc within 5 points of FedAvg without attack",
+                           f"{lf:.1f} vs {clean_src:.1f}", lf >= clean_src - 5, (lf, clean_src)))
+            checks.append((f"{who}'s ASR within 5 points of the no-attack ASR",
+                           f"{lf_asr:.1f} vs {clean_asr:.1f}", lf_asr <= clean_asr + 5, (lf_asr, clean_asr)))
         if b == "mnist-mild":
             fg = _value(summaries, b, "foolsgold", ratio, "source_accuracy")
             checks.append(("FoolsGold collapses (Src-Acc below 50 %; paper 0 %)", f"{fg:.1f}", fg < 50, (fg,)))
@@ -414,7 +418,7 @@ def other_runs(summaries: pd.DataFrame) -> pd.DataFrame:
                          "FPR": 100 * pd.to_numeric(sel["detection_fpr"], errors="coerce").mean()})
     frame = pd.DataFrame(rows)
     if len(frame):
-        order = {d: i for i, d in enumerate(TABLE3_DEFENSES)}
+        order = {d: i for i, d in enumerate(TABLE3_ROWS)}
         frame = frame.assign(_r=frame["attackers"].str.rstrip("%").astype(float),
                              _d=frame["defense"].map(lambda d: order.get(d, len(order))))
         frame = frame.sort_values(["benchmark", "_r", "_d"], key=lambda c: c.map(
@@ -423,8 +427,58 @@ def other_runs(summaries: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+#: the benchmarks of the two LFighters' comparison (:func:`lfighter_variants`), in its order
+VARIANT_BENCHMARKS = ("mnist-mild", "mnist-iid", "mnist-extreme", "imdb", "cifar10-mild", "cifar10-iid")
+
+
+def lfighter_variants(summaries: pd.DataFrame, ratio: float = 0.4) -> pd.DataFrame:
+    """The paper's and the released LFighter side by side, one row per benchmark and variant (%):
+
+    * at ``ratio`` attackers: Src-Acc, ASR, All-Acc, detection TPR and FPR, and the seeds averaged;
+    * at 0 %: Src-Acc, its distance to FedAvg's at 0 % (``cost``: LFighter - FedAvg, points) and the
+      FPR (every rejection then drops an honest peer);
+    * the paper's LFighter cell (Table 3 benchmarks only).
+
+    Only the paper's runs count (:func:`paper_runs`); NaN where a cell has no run.
+    """
+    summaries = paper_runs(summaries)
+
+    def val(b: str, d: str, r: float, m: str) -> float:
+        sel = select_cell(summaries, b, d, r) if len(summaries) else summaries
+        return 100 * float(pd.to_numeric(sel[m], errors="coerce").mean()) if len(sel) else float("nan")
+
+    rows = []
+    for b in VARIANT_BENCHMARKS:
+        clean = val(b, "fedavg", 0.0, "source_accuracy")
+        key = TABLE3_BENCHMARKS.get(b)
+        for d in ("lfighter", RELEASED_LFIGHTER):
+            sel = select_cell(summaries, b, d, ratio) if len(summaries) else summaries
+            seeds = " ".join(str(int(x)) for x in sorted(sel["seed"])) if len(sel) and "seed" in sel else ""
+            src0 = val(b, d, 0.0, "source_accuracy")
+            rows.append({"benchmark": b, "variant": ROW_TITLES[d], "seeds": seeds,
+                         "Src-Acc": val(b, d, ratio, "source_accuracy"),
+                         "paper Src-Acc": PAPER_TABLE3[key][d][0] if key else float("nan"),
+                         "ASR": val(b, d, ratio, "attack_success_rate"), "All-Acc": val(b, d, ratio, "accuracy"),
+                         "TPR": val(b, d, ratio, "detection_tpr"), "FPR": val(b, d, ratio, "detection_fpr"),
+                         "Src-Acc at 0 %": src0, "FedAvg at 0 %": clean, "cost at 0 %": src0 - clean,
+                         "FPR at 0 %": val(b, d, 0.0, "detection_fpr")})
+    return pd.DataFrame(rows)
+
+
+def variants_markdown(variants: pd.DataFrame) -> str:
+    """The two LFighters' section of ``table3.md`` (:func:`lfighter_variants`)."""
+    if not len(variants):
+        return ""
+    return "\n".join([
+        "## The two LFighters: the paper's text and the released code", "",
+        "At 40 % attackers (seed 0; MNIST-Extreme the mean over the seeds listed), then without attackers: "
+        "Src-Acc at 0 %, its cost against FedAvg at 0 % (points), and the FPR at 0 % (every peer rejected is "
+        "honest). n/a: not run yet. Why they differ: `docs/lfighter-variants.md`.", "",
+        to_markdown(variants.set_index("benchmark"), 1), ""])
+
+
 def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medium",
-                    others: pd.DataFrame | None = None) -> str:
+                    others: pd.DataFrame | None = None, variants: pd.DataFrame | None = None) -> str:
     """``table3.md``: per Table 3 row our cell, the paper's and the difference; then the reasons
     for cells more than :data:`REASON_THRESHOLD` points away, then the shape checks."""
     lines = [f"# The journal's Table 3 at the `{profile}` profile, beside the paper",
@@ -443,7 +497,7 @@ def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medi
                   "| defense | Src-Acc ours | paper | diff | ASR ours | paper | diff | All-Acc ours | paper | diff |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for _, r in part.iterrows():
-            name = r["defense"] + ("" if r["runs"] else " (not run yet)")
+            name = ROW_TITLES.get(r["defense"], r["defense"]) + ("" if r["runs"] else " (not run yet)")
             lines.append(f"| {name} | {_fmt(r.src_acc)} | {_fmt(r.src_acc_paper)} | {_fmt(r.src_acc_diff, True)} "
                          f"| {_fmt(r.asr)} | {_fmt(r.asr_paper)} | {_fmt(r.asr_diff, True)} "
                          f"| {_fmt(r.all_acc)} | {_fmt(r.all_acc_paper)} | {_fmt(r.all_acc_diff, True)} |")
@@ -453,7 +507,7 @@ def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medi
     if far.empty:
         lines.append("None.")
     for _, r in far.iterrows():
-        lines.append(f"- **{r.benchmark}, {r.defense}** (Src-Acc {_fmt(r.src_acc_diff, True)}, ASR "
+        lines.append(f"- **{r.benchmark}, {ROW_TITLES.get(r.defense, r.defense)}** (Src-Acc {_fmt(r.src_acc_diff, True)}, ASR "
                      f"{_fmt(r.asr_diff, True)} points): {r.reason or 'no reason written yet.'}")
     if others is not None and len(others):
         from flhelpers.studies.paper import PAPER_FIGURE_READINGS
@@ -464,6 +518,8 @@ def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medi
             lines += [f"**{b}**. The paper: {PAPER_FIGURE_READINGS[b]}.", "", to_markdown(part, 1)]
             if OTHER_FINDINGS.get(b):
                 lines += ["", OTHER_FINDINGS[b]]
+    if variants is not None and len(variants):
+        lines += ["", variants_markdown(variants).rstrip("\n")]
     lines += ["", "## The shape the paper's results must keep at 40 % attackers", "",
               to_markdown(checks.set_index("benchmark"), 1) if len(checks) else "No runs yet."]
     return "\n".join(lines) + "\n"
@@ -483,7 +539,7 @@ def readme_tables(t3: pd.DataFrame, checks: pd.DataFrame) -> str:
                   "| --- | --- | --- | --- |"]
         for _, r in part.iterrows():
             ours = (lambda v: _fmt(v) if r["runs"] else "not run yet")
-            lines.append(f"| {r.defense} | {ours(r.src_acc)} / {_fmt(r.src_acc_paper)} "
+            lines.append(f"| {ROW_TITLES.get(r.defense, r.defense)} | {ours(r.src_acc)} / {_fmt(r.src_acc_paper)} "
                          f"| {ours(r.asr)} / {_fmt(r.asr_paper)} | {_fmt(r.all_acc)} / {_fmt(r.all_acc_paper)} |")
         lines.append("")
     lines += ["Where the paper's shape is checked at 40 % attackers (`shape_checks.csv`):", "",
@@ -544,7 +600,9 @@ def write_table3(results_dir: str | Path, profile: str = "medium", out_dir: str 
     atomic_write_text(out / "table3.csv", t3.to_csv(index=False, float_format="%.2f"))
     atomic_write_text(out / "shape_checks.csv", checks.to_csv(index=False))
     times = run_times(results_dir, profile)
-    text = table3_markdown(t3, checks, profile, other_runs(summaries))
+    variants = lfighter_variants(summaries)
+    atomic_write_text(out / "lfighter_variants.csv", variants.to_csv(index=False, float_format="%.2f"))
+    text = table3_markdown(t3, checks, profile, other_runs(summaries), variants)
     text += ("\n## Time per run on this machine (minutes: training + aggregation + evaluation)\n\n"
              "One torch thread per run, two runs side by side on 2 CPU cores shared with other work, so the "
              "figures are upper bounds.\n\n"
@@ -554,7 +612,7 @@ def write_table3(results_dir: str | Path, profile: str = "medium", out_dir: str 
     return t3
 
 
-__all__ = ["OTHER_FINDINGS", "PAPER_ALL_ACC_40", "REFERENCE_PROFILES", "TABLE3_REASONS", "README_MARKERS", "default_results_dir",
+__all__ = ["VARIANT_BENCHMARKS", "lfighter_variants", "variants_markdown", "OTHER_FINDINGS", "PAPER_ALL_ACC_40", "REFERENCE_PROFILES", "TABLE3_REASONS", "README_MARKERS", "default_results_dir",
            "paper_runs", "readme_tables", "reference_dir", "repository_root", "results_root", "results_store", "run_times",
            "seed_from_reference", "shape_checks", "table3", "table3_folders", "table3_markdown", "update_readme",
            "write_table3"]

@@ -18,7 +18,7 @@ from flhelpers.results import atomic_write_text
 
 
 def paper_order(values: Iterable[str]) -> list[str]:
-    order = {d: i for i, d in enumerate((*PAPER_DEFENSES, "krum", "tolpegin", "flame"))}
+    order = {d: i for i, d in enumerate((*PAPER_DEFENSES, "lfighter-released", "krum", "tolpegin", "flame"))}
     return sorted(set(values), key=lambda d: (order.get(d, len(order)), d))
 
 
