@@ -91,7 +91,7 @@ def main() -> None:
                     capture_gradients(cfg, args.data_root, out, progress=False)
                 else:
                     record = (LFighterRecorder(record_path(out, rid), cfg.source_class, cfg.target_class)
-                              if cfg.defense == "lfighter" else None)
+                              if cfg.defense in ("lfighter", "lfighter-released") else None)
                     run_experiment(cfg, data_root=args.data_root, results_dir=out, progress=False,
                                    on_round=record)
             print(f"{time.strftime('%H:%M:%S')} {tag} {time.time() - t0:.0f} s", flush=True)

@@ -148,7 +148,7 @@ def records_table(results_dir: str | Path, configs: list[Any]) -> pd.DataFrame:
     rows = []
     for cfg in configs:
         path = record_path(results_dir, cfg.run_id())
-        if cfg.defense != "lfighter" or not path.is_file():
+        if cfg.defense not in ("lfighter", "lfighter-released") or not path.is_file():
             continue
         s = record_summary(read_record(path), cfg.source_class, cfg.target_class)
         rows.append({"benchmark": cfg.benchmark, "attacker_ratio": cfg.attacker_ratio, "run_id": cfg.run_id(),
