@@ -1,0 +1,129 @@
+"""The two LFighters round by round: what Procedure 1 looked at, whom it rejected, and what followed.
+
+For one or more LFighter runs of the same benchmark (the paper's text, the released code, other
+local epochs), :func:`round_evidence` joins each run's per-round record
+(:mod:`flhelpers.studies.lfighter_record`) with its ``metrics.csv``: per round the two neurons
+clustered on, where the true source and target neurons rank by summed magnitude, the cluster
+sizes, the rejected peers counted by true role (``nA+nH``), TPR, FPR, Src-Acc and ASR.
+:func:`evidence_markdown` writes them one table per run, after a short summary per run: the first
+round from which every attacker is rejected in every later round (``escape round``), and the mean
+Src-Acc and FPR from then on.
+
+``python -m flhelpers.studies.lfighter_variants`` writes the CIFAR10-Mild comparison of the
+committed runs to ``results/reference/medium/lfighter-variants/cifar10-mild.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flhelpers.results import atomic_write_text, run_dir
+from flhelpers.studies.lfighter_record import read_record, record_path
+from flhelpers.studies.tables import to_markdown
+
+__all__ = ["escape_round", "evidence_markdown", "round_evidence", "run_label"]
+
+
+def _roles(rejected: Any) -> str:
+    """``"3:A 5:H 9:A"`` -> ``"2A+1H"``; empty -> ``"0A+0H"``."""
+    items = str(rejected).split() if isinstance(rejected, str) else []
+    n_a = sum(1 for x in items if x.endswith(":A"))
+    return f"{n_a}A+{len(items) - n_a}H"
+
+
+def round_evidence(results_dir: str | Path, run_id: str) -> pd.DataFrame:
+    """One row per round of the LFighter run ``run_id`` in ``results_dir`` (record joined with metrics)."""
+    path = run_dir(results_dir, run_id)
+    cfg = json.loads((path / "config.json").read_text())["config"]
+    record = read_record(record_path(results_dir, run_id))
+    metrics = pd.read_csv(path / "metrics.csv").drop_duplicates("round", keep="last")
+    src, tgt = int(cfg["source_class"]), int(cfg["target_class"])
+    frame = record.merge(metrics[["round", "source_accuracy", "attack_success_rate", "accuracy"]], on="round")
+    return pd.DataFrame({
+        "round": frame["round"].astype(int),
+        "neurons": frame["neurons"].astype(str),
+        f"rank of {src} / {tgt}": [f"{int(a)} / {int(b)}" for a, b in zip(frame["source_rank"], frame["target_rank"])],
+        "clusters": frame["cluster_sizes"].astype(str),
+        "rejected": frame["rejected"].map(_roles),
+        "TPR": 100 * frame["tpr"].astype(float),
+        "FPR": 100 * frame["fpr"].astype(float),
+        "Src-Acc": 100 * frame["source_accuracy"].astype(float),
+        "ASR": 100 * frame["attack_success_rate"].astype(float),
+    })
+
+
+def escape_round(evidence: pd.DataFrame) -> int | None:
+    """The first round from which TPR is 100 % in every later round of ``evidence``; ``None`` if none."""
+    full = evidence["TPR"].to_numpy() >= 100 - 1e-9
+    for i in range(len(full)):
+        if full[i:].all():
+            return int(evidence["round"].iloc[i])
+    return None
+
+
+def run_label(results_dir: str | Path, run_id: str) -> str:
+    """``"<defense> <ratio> %, <rounds> x <local_epochs> epochs"`` of a run, from its ``config.json``."""
+    cfg = json.loads((run_dir(results_dir, run_id) / "config.json").read_text())["config"]
+    return (f"{cfg['defense']} at {float(cfg['attacker_ratio']):.0%}, {cfg['rounds']} rounds x "
+            f"{cfg['local_epochs']} local epoch{'s' if cfg['local_epochs'] != 1 else ''}")
+
+
+def evidence_markdown(results_dir: str | Path, run_ids: list[str], title: str) -> str:
+    """The per-round evidence of ``run_ids`` as Markdown: a summary line per run, then its table.
+
+    Runs without a record (or not started) are listed as missing.
+    """
+    lines = [f"# {title}", "",
+             "Per round: the two neurons Procedure 1 clustered on, where the true source and target rank "
+             "by summed gradient magnitude (1 = largest), the k-means cluster sizes, the rejected peers by "
+             "true role (A attacker, H honest), TPR and FPR (%), then the global model's Src-Acc and ASR (%). "
+             "Written by `python -m flhelpers.studies.lfighter_variants` from each run's "
+             "`records/<run-id>.csv` and `runs/<run-id>/metrics.csv`.", ""]
+    for rid in run_ids:
+        label = run_label(results_dir, rid) if (run_dir(results_dir, rid) / "config.json").is_file() else rid
+        if not record_path(results_dir, rid).is_file() or not (run_dir(results_dir, rid) / "metrics.csv").is_file():
+            lines += [f"## {label} (`{rid}`)", "", "Not computed yet.", ""]
+            continue
+        ev = round_evidence(results_dir, rid)
+        esc = escape_round(ev)
+        after = ev[ev["round"] >= esc] if esc is not None else ev.iloc[0:0]
+        summary = (f"{len(ev)} rounds. Every attacker rejected in every round from round {esc} on: mean Src-Acc "
+                   f"{after['Src-Acc'].mean():.1f} %, FPR {after['FPR'].mean():.1f} % over rounds {esc}-"
+                   f"{int(ev['round'].max())}." if esc is not None else
+                   f"{len(ev)} rounds. The attackers are never rejected in every round to the end "
+                   f"(last round TPR {ev['TPR'].iloc[-1]:.0f} %, FPR {ev['FPR'].iloc[-1]:.0f} %).")
+        last = ev.tail(min(10, len(ev)))
+        summary += (f" Last {len(last)} rounds: Src-Acc {last['Src-Acc'].mean():.1f} %, ASR "
+                    f"{last['ASR'].mean():.1f} %.")
+        lines += [f"## {label} (`{rid}`)", "", summary, "", to_markdown(ev.set_index("round"), 1), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flhelpers.config import benchmark_config
+    from flhelpers.studies.reference import reference_dir
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results-dir", default=None, help="default: results/reference/medium")
+    args = p.parse_args(argv)
+    store = Path(args.results_dir) if args.results_dir else reference_dir("medium")
+    runs = [benchmark_config("cifar10-mild", "medium", defense=d, attacker_ratio=r, **extra).run_id()
+            for d, r, extra in (("lfighter", 0.4, {}), ("lfighter-released", 0.4, {}),
+                                ("lfighter", 0.4, {"local_epochs": 3, "rounds": 10}),
+                                ("lfighter-released", 0.0, {}), ("lfighter", 0.0, {}))]
+    text = evidence_markdown(store, runs, "CIFAR10-Mild: the two LFighters round by round")
+    out = store / "lfighter-variants" / "cifar10-mild.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, text)
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
