@@ -33,8 +33,11 @@ test-fast: $(VENV)/.installed
 reproduce: $(VENV)/.installed
 	$(PY) -m flhelpers reproduce --profile $(PROFILE) $(if $(RESULTS),--results-dir $(RESULTS),) $(if $(REFRESH),--refresh-reference,) $(if $(COMPUTE_MISSING),--compute-missing,)
 
-# The kernel "Python (flhelpers)" runs this environment (also from any other Jupyter); the
-# paired scripts notebooks/*.py open as notebooks with one click (jupytext's viewer is the default).
+# The notebooks declare the kernel "python3", which every environment with ipykernel has, so
+# papermill and JupyterLab run them on a fresh install (JupyterLab started here: this environment).
+# The kernel "Python (flhelpers)" installed below runs this environment from any other Jupyter
+# too (pick it there); the paired scripts notebooks/*.py open as notebooks with one click
+# (jupytext's viewer is the default).
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
 lab: $(VENV)/.installed
 	$(PY) -m ipykernel install --user --name flhelpers --display-name "Python (flhelpers)"

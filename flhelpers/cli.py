@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import sys
 import time
@@ -33,8 +32,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from flhelpers.config import BENCHMARKS, PROFILES, ConfigError, ExperimentConfig, benchmark_config, validate_config
+from flhelpers.config import (BENCHMARKS, FIELD_SYNONYMS, PROFILES, ConfigError, ExperimentConfig, benchmark_config,
+                              closest_field, validate_config)
 from flhelpers.data.download import DataCorruptError
+from flhelpers.results import check_output_file, check_results_dir
 
 #: fields chosen by their own option, never by --set
 _PRESET_FIELDS = {"benchmark": "--benchmark / --benchmarks", "profile": "--profile"}
@@ -62,18 +63,9 @@ def _field_types() -> dict[str, str]:
     return {f.name: str(f.type) for f in dataclasses.fields(ExperimentConfig)}
 
 
-#: names people use for a field, so that a typo of them still finds the field
-_SYNONYMS = {"learning_rate": "lr", "epochs": "local_epochs", "peers": "num_peers", "clients": "num_peers",
-             "num_clients": "num_peers", "alpha": "dirichlet_alpha", "ratio": "attacker_ratio",
-             "source": "source_class", "target": "target_class", "split": "partition", "rule": "defense",
-             "aggregator": "defense", "bs": "batch_size", "wd": "weight_decay", "subset": "train_subset"}
-
-
-def closest_field(name: str, fields: Sequence[str]) -> str:
-    """The valid field closest to ``name`` (by spelling, or by a common synonym such as ``learning_rate``)."""
-    candidates = {**{f: f for f in fields}, **{k: v for k, v in _SYNONYMS.items() if v in fields}}
-    best = max(candidates, key=lambda c: difflib.SequenceMatcher(None, name.lower(), c).ratio())
-    return candidates[best]
+#: names people use for a field (``learning_rate`` for ``lr``), shared with the Python API's
+#: unknown-field message (:func:`flhelpers.config.closest_field`)
+_SYNONYMS = FIELD_SYNONYMS
 
 
 def parse_settings(items: Sequence[str] | None, forbidden: dict[str, str] | None = None) -> dict[str, Any]:
@@ -237,6 +229,8 @@ def cmd_list() -> int:
     print("benchmarks:", ", ".join(BENCHMARKS))
     print("profiles:  ", ", ".join(PROFILES))
     print("defenses:  ", ", ".join(DEFENSES.names()))
+    print("            lfighter variants: --defense-arg variant=paper (default: the paper's text) or "
+          "variant=released (the authors' released code, which produced the published numbers)")
     print("attacks:   ", ", ".join(ATTACKS.names()))
     print("datasets:  ", ", ".join(DATASETS.names()))
     print("models:    ", ", ".join(MODELS.names()))
@@ -267,6 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flhelpers.fl.engine import run_experiment
 
     cfg = run_config(args)
+    check_results_dir(args.results_dir, writable=False, option="--results-dir")
     result = run_experiment(cfg, data_root=args.data_root, results_dir=args.results_dir,
                             force=args.force, progress=not args.no_progress,
                             checkpoint_every=args.checkpoint_every)
@@ -279,8 +274,30 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "aggregation_time_per_round"):
         v = s.get(key)
         print(f"  {key:28s} {'n/a' if v is None else f'{v:.4f}'}")
+    hostile = hostile_update_lines(s, cfg.rounds)
+    for line in hostile:
+        print(line)
     print(f"results: {result.path}")
     return 0
+
+
+def hostile_update_lines(summary: dict[str, Any], rounds: int) -> list[str]:
+    """The lines ``run`` prints when updates were non-finite or steps discarded (none otherwise).
+
+    ``non_finite_updates`` counts the NaN/Inf updates the guard rejected over the run (a
+    rejection counts as a detection, so a diverging run shows a detection rate that is no
+    detection) and ``discarded_rounds`` the rounds whose aggregate was dropped as non-finite
+    (:mod:`flhelpers.fl.guards`); in both cases the global model did not take those steps.
+    """
+    bad, discarded = int(summary.get("non_finite_updates") or 0), int(summary.get("discarded_rounds") or 0)
+    if not bad and not discarded:
+        return []
+    lines = [f"  {'non_finite_updates':28s} {bad}", f"  {'discarded_rounds':28s} {discarded}"]
+    lines.append(f"warning: {bad} update(s) were NaN/Inf (rejected before the rule and counted as detections, so "
+                 f"detection_tpr/fpr above do not measure the defense) and {discarded} of {rounds} round(s) had "
+                 f"their non-finite aggregate discarded (the model did not move): training diverged (lr too "
+                 f"large?) or peers sent hostile updates.")
+    return lines
 
 
 def grid_configs(args: argparse.Namespace) -> list[ExperimentConfig]:
@@ -341,16 +358,21 @@ def cmd_grid(args: argparse.Namespace) -> int:
         if given:
             raise ConfigError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with "
                               f"--executor ray (e.g. --executor ray {given[0]} ...).")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1 (local processes running the runs), got {args.workers}.")
+    csv = Path(args.summary_csv) if args.summary_csv else Path(args.results_dir) / "tables" / "grid_summary.csv"
+    check_output_file(csv, "--summary-csv")  # before any run is computed
+    check_results_dir(args.results_dir, writable=False, option="--results-dir")
     configs = grid_configs(args)
     ray_kwargs = dict(executor="ray", address=args.address, cpus_per_run=args.cpus_per_run or 1.0,
                       gpus_per_run=args.gpus_per_run or 0.0, max_retries=args.max_retries) if ray else {}
     t0 = time.perf_counter()
     rows = run_grid(configs, data_root=args.data_root, results_dir=args.results_dir,
-                    progress=not args.no_progress, workers=args.workers or 1, force=args.force,
+                    progress=not args.no_progress, workers=1 if args.workers is None else args.workers,
+                    force=args.force,
                     threads=args.threads, **ray_kwargs)
     seconds = time.perf_counter() - t0
     table = grid_table(args.results_dir, list(rows["run_id"]))
-    csv = Path(args.summary_csv) if args.summary_csv else Path(args.results_dir) / "tables" / "grid_summary.csv"
     from flhelpers.results import atomic_write_csv
 
     atomic_write_csv(csv, table)

@@ -12,13 +12,15 @@ CPU cores and still shows the attack's effect. Any field can be overridden.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import inspect
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from flhelpers.presets import BENCHMARKS, MEDIUM, QUICK
@@ -31,7 +33,17 @@ RESULTS_VERSION = 3  # 3: FoolsGold pardoning with a zero diagonal (Fung et al.)
 
 #: Fields added after results version 3, each with the value that reproduces the behaviour
 #: before it existed; at that value a field is left out of the run id (ExperimentConfig.run_id).
-LEGACY_VALUES: dict[str, Any] = {"drop_last": False, "poisoned_rounds": 0, "precision": "float32"}
+LEGACY_VALUES: dict[str, Any] = {"drop_last": False, "poisoned_rounds": 0, "precision": "float32",
+                                 "deterministic": False, "peers_per_step": None}
+
+#: Attack keyword arguments whose default changed after runs were computed: attack name ->
+#: {argument: its new default}. A config that does not pass such an argument enters the run id
+#: with the new default written out (ExperimentConfig.run_id), so its id differs from the one
+#: the same config had when the absent argument meant the old behaviour, and a run computed
+#: then is never reused as one of the new behaviour. A config passing the argument explicitly
+#: hashes the same. ALIE's ``statistics`` (issue 29): absent meant "honest" (omniscient), now
+#: "attackers" (Baruch et al.); no committed run used ALIE, so no committed id changes.
+HASHED_KWARG_DEFAULTS: dict[str, dict[str, Any]] = {"alie": {"statistics": "attackers"}}
 
 #: the local training's compute precisions (``ExperimentConfig.precision``)
 PRECISIONS = ("float32", "bfloat16")
@@ -39,6 +51,22 @@ PRECISIONS = ("float32", "bfloat16")
 
 class ConfigError(ValueError):
     """A setting that cannot work; the message names the setting and the fix."""
+
+
+def _plain_numbers(value: Any) -> Any:
+    """``value`` with every numpy scalar (integer, float, bool) turned into the Python number it
+    holds (``.item()``), through dicts, lists and tuples; ``value`` itself when it holds none."""
+    if isinstance(value, np.generic) and isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, dict):
+        items = {k: _plain_numbers(v) for k, v in value.items()}
+        return items if any(items[k] is not value[k] for k in value) else value
+    if isinstance(value, (list, tuple)):
+        items = [_plain_numbers(v) for v in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return items if isinstance(value, list) else tuple(items)
+    return value
 
 
 @dataclass
@@ -87,6 +115,19 @@ class ExperimentConfig:
     experiment). The detection counts of those rounds are the defense's own verdict. Needs
     attackers (``attacker_ratio > 0``, an attack other than ``none``) and ``k < rounds``.
     :func:`flhelpers.fl.guards.attackers_mean` computes the step.
+
+    ``deterministic`` (default False): on CUDA, deterministic kernels only
+    (``torch.use_deterministic_algorithms(True)``, ``cudnn.deterministic``, no cuDNN benchmarking,
+    ``CUBLAS_WORKSPACE_CONFIG`` set before CUDA starts; an operation without a deterministic kernel
+    then raises). Off, two CUDA runs of a config may differ in the last bits (atomic-add
+    reductions). The CPU runs are deterministic either way. :func:`flhelpers.fl.device.configure_torch`
+    applies it; config.json records it, and a run is never resumed in the other mode.
+
+    ``peers_per_step`` (default None): the vectorized backend's chunk, the peers trained in one
+    lockstep step. The chunk changes the float rounding of the updates (1 and 4 peers a step
+    differ by about 1e-8 on the CPU), so None chooses it once per run from the device's *total*
+    memory (:meth:`flhelpers.fl.vectorized.VectorizedTrainer.memory_chunk`), never from the memory
+    free at the moment; config.json records the value used.
     """
 
     benchmark: str = "custom"
@@ -121,6 +162,8 @@ class ExperimentConfig:
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     backend: str = "auto"
+    deterministic: bool = False
+    peers_per_step: int | None = None
     profile: str = "paper"
     eval_batch_size: int = 1000
 
@@ -132,8 +175,21 @@ class ExperimentConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ConfigError(f"Unknown config field(s) {unknown}; valid fields: {sorted(names)}.")
+            hints = ", ".join(f"{u!r} -> {closest_field(str(u), sorted(names))!r}" for u in unknown)
+            raise ConfigError(f"Unknown config field(s) {unknown}; did you mean: {hints}? "
+                              f"Valid fields: {sorted(names)}.")
         return cls(**d)
+
+    def __post_init__(self) -> None:
+        """Numpy scalars (``np.int64(5)`` peers from an array, ``np.float64`` ratios) become the
+        Python numbers they hold, also inside the keyword-argument dicts, so they pass the checks of
+        :func:`validate_config` and hash like the plain numbers (the run id would otherwise hash
+        ``json.dumps(default=str)`` strings)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            plain = _plain_numbers(value)
+            if plain is not value:
+                setattr(self, f.name, plain)
 
     def replace(self, **changes: Any) -> "ExperimentConfig":
         return ExperimentConfig.from_dict({**self.to_dict(), **changes})
@@ -144,13 +200,34 @@ class ExperimentConfig:
         ``RESULTS_VERSION`` is bumped whenever a change to flhelpers changes the numbers a
         configuration produces, so finished runs of an older version are not reused. A field
         added later (:data:`LEGACY_VALUES`) enters the hash only when it differs from the
-        behaviour flhelpers had before it existed, so runs computed before keep their ids.
+        behaviour flhelpers had before it existed, so runs computed before keep their ids. An attack
+        argument whose default changed (:data:`HASHED_KWARG_DEFAULTS`) enters the hash with its new
+        default when absent, so an id of the old behaviour is never reused for the new one.
         """
         values = {k: v for k, v in self.to_dict().items()
                   if not (k in LEGACY_VALUES and v == LEGACY_VALUES[k])}
+        changed = HASHED_KWARG_DEFAULTS.get(str(self.attack).strip().lower().replace("_", "-"))
+        if changed and isinstance(values.get("attack_kwargs"), dict):
+            values["attack_kwargs"] = {**changed, **values["attack_kwargs"]}
         text = json.dumps({**values, "results_version": RESULTS_VERSION},
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: names people use for a field, so that a typo of them still finds the field (CLI and Python API)
+FIELD_SYNONYMS: dict[str, str] = {
+    "learning_rate": "lr", "epochs": "local_epochs", "peers": "num_peers", "clients": "num_peers",
+    "num_clients": "num_peers", "alpha": "dirichlet_alpha", "ratio": "attacker_ratio", "source": "source_class",
+    "target": "target_class", "split": "partition", "rule": "defense", "aggregator": "defense", "bs": "batch_size",
+    "wd": "weight_decay", "subset": "train_subset"}
+
+
+def closest_field(name: str, fields: Sequence[str]) -> str:
+    """The valid field closest to ``name``: by spelling (``difflib``'s ratio), or through a common
+    synonym such as ``learning_rate`` -> ``lr`` (:data:`FIELD_SYNONYMS`)."""
+    candidates = {**{f: f for f in fields}, **{k: v for k, v in FIELD_SYNONYMS.items() if v in fields}}
+    best = max(candidates, key=lambda c: difflib.SequenceMatcher(None, name.lower(), c).ratio())
+    return candidates[best]
 
 
 def benchmark_config(benchmark: str, profile: str = "paper", **overrides: Any) -> ExperimentConfig:
@@ -236,6 +313,21 @@ def check_defense_size(defense: Any, cfg: ExperimentConfig, peers_per_round: int
         ) from exc
 
 
+def check_honest_peer_left(num_attackers: int, cfg: ExperimentConfig) -> None:
+    """Refuse a run in which every peer is an attacker (``A = round(ratio * K) >= K``).
+
+    With no honest peer there is nothing to defend and no honest update for a rule to keep, and
+    a ratio just below 1 (0.99 of 10 peers rounds to 10) would silently mean "all peers" while
+    ``attacker_ratio=1`` is refused. The largest ratio that leaves one honest peer is
+    ``(K - 1) / K``.
+    """
+    if num_attackers >= cfg.num_peers:
+        raise ConfigError(f"attacker_ratio={cfg.attacker_ratio!r} makes all {cfg.num_peers} peers attackers "
+                          f"(round({cfg.attacker_ratio!r} x {cfg.num_peers}) = {num_attackers}), leaving no honest "
+                          f"peer; use attacker_ratio <= {(cfg.num_peers - 1) / cfg.num_peers:.4g} "
+                          f"({cfg.num_peers - 1} attackers) or more peers.")
+
+
 def peers_per_round(cfg: ExperimentConfig) -> int:
     """``m = max(floor(C * K), 1)``, the peers drawn each round (Algorithm 1, lines 3-4)."""
     return max(int(cfg.fraction * cfg.num_peers), 1)
@@ -293,6 +385,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
                           f"got {cfg.num_peers!r}.")
     if not _is_real(cfg.fraction) or not 0.0 < cfg.fraction <= 1.0:
         raise ConfigError(f"fraction (C) must be in (0, 1], got {cfg.fraction!r}.")
+    if cfg.attack != "none" and cfg.partition != "extreme":  # extreme: attackers among the holders, checked with the data
+        check_honest_peer_left(int(round(cfg.attacker_ratio * cfg.num_peers)), cfg)
     for name in ("batch_size", "local_epochs", "rounds", "eval_every", "eval_batch_size"):
         value = getattr(cfg, name)
         if not _is_int(value) or value <= 0:
@@ -331,6 +425,11 @@ def validate_config(cfg: ExperimentConfig) -> None:
         )
     if cfg.backend not in ("sequential", "vectorized", "auto"):
         raise ConfigError(f"Unknown backend {cfg.backend!r}; valid: sequential, vectorized, auto.")
+    if not isinstance(cfg.deterministic, bool):
+        raise ConfigError(f"deterministic must be True or False, got {cfg.deterministic!r}.")
+    if cfg.peers_per_step is not None and (not _is_int(cfg.peers_per_step) or cfg.peers_per_step < 1):
+        raise ConfigError(f"peers_per_step must be None (chosen from the device's memory) or a positive "
+                          f"integer (the vectorized backend's peers a step), got {cfg.peers_per_step!r}.")
     validate_device(cfg.device)
     if not _is_real(cfg.dirichlet_alpha) or cfg.dirichlet_alpha <= 0:  # on every split: a bad value is a typo
         raise ConfigError(f"dirichlet_alpha must be a positive finite number, got {cfg.dirichlet_alpha!r} "

@@ -148,6 +148,73 @@ def test_foolsgold_keeps_its_history_across_rounds(run_config):
     assert state["history"].abs().sum() > 0  # two rounds of updates accumulated
 
 
+#: the Beyond study's attacks whose per-round hooks the old ClientApp skipped, each set so that
+#: skipping them changes the rows: timed-flip attacks from round 1 only, with probability 0.5;
+#: camouflage-flip sends a clean output layer; the backdoor boosts its rows 3-fold
+BEYOND_ATTACKS = {"timed-flip": {"rate": 0.5, "start_round": 1}, "camouflage-flip": {"lam": 1.0},
+                  "backdoor": {"fraction": 0.5, "boost": 3.0}}
+
+
+@pytest.mark.parametrize("attack", sorted(BEYOND_ATTACKS))
+def test_flower_runs_the_simulators_attack(run_config, attack):
+    """Two rounds through our ClientApp equal the simulator's rounds (train_attacked_round and
+    poison_updates from the same global model): the same rows reach the rule, the same model results."""
+    from flhelpers.fl.engine import build_experiment, select_peers, train_attacked_round
+    from flhelpers.fl.guards import apply_update
+    from flhelpers.params import flatten_buffers
+    from flhelpers.seeding import torch_generator
+
+    settings = {**json.loads(RUN_CONFIG["set"]), "attack": attack, "attack_kwargs": BEYOND_ATTACKS[attack]}
+    config = {**run_config, "defense": "fedavg", "num-server-rounds": 2, "set": json.dumps(settings)}
+    cfg, exp = experiment_config(config), federation(config)
+    assert cfg.attack == attack and len(exp.attackers) == 3
+    sim = build_experiment(cfg, config["data-root"])  # the simulator's own experiment, same seed
+    strategy = robust_strategy("fedavg", exp.model, lr=cfg.lr)
+    arrays = ArrayRecord(exp.model.state_dict())
+    changed = []
+    for r in (0, 1):
+        global_params = flatten_arrays_of(arrays, sim.model)  # the simulator starts from Flower's W^t
+        global_buffers = flatten_buffers(sim.model)
+        ids = select_peers(cfg, r)
+        rows, _ = train_attacked_round(sim, ids, global_params, global_buffers, r)
+        rows = sim.attack.poison_updates(rows, torch.as_tensor(sim.is_attacker[ids]), r,
+                                         torch_generator(cfg.seed, "attack", r), sim.layout)
+        plain = torch.stack([peer_row(sim, sim.peers[k], global_params, r) for k in ids])
+        changed.append(not torch.allclose(rows, plain, atol=1e-6))
+        replies, (arrays, metrics) = _round(strategy, r + 1, arrays, config)
+        assert strategy.last.peer_ids == ids.tolist()
+        torch.testing.assert_close(strategy.last.updates, rows, rtol=0, atol=2e-6)
+        new_params, _ = apply_update(global_params, strategy.last.result)
+        torch.testing.assert_close(flatten_arrays_of(arrays, sim.model), new_params, rtol=0, atol=2e-6)
+    assert any(changed), f"{attack}'s hooks changed no row: the test would not see them skipped"
+
+
+def flatten_arrays_of(arrays: ArrayRecord, model) -> torch.Tensor:
+    """The trainable parameters of ``arrays`` flattened in ``model``'s layout."""
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return flatten_params(model).clone()
+
+
+def peer_row(exp, peer, global_params: torch.Tensor, round_: int) -> torch.Tensor:
+    """The row of ``peer``'s plain local training (no attack hook), as the old ClientApp sent it."""
+    from flhelpers.fl.training import peer_update
+    from flhelpers.params import flatten_buffers
+
+    u, _ = peer_update(exp.model, exp.config, exp.dataset, peer, global_params,
+                       flatten_buffers(exp.model), round_, exp.device)
+    return u
+
+
+@pytest.mark.parametrize("attack", ["alie", "ipm", "gaussian-noise"])
+def test_flower_refuses_by_name_an_attack_it_cannot_run(run_config, attack):
+    settings = {**json.loads(RUN_CONFIG["set"]), "attack": attack}
+    with pytest.raises(ConfigError, match=rf"The attack '{attack}' rewrites the round.s updates .* `flhelpers run`"):
+        federation({**run_config, "set": json.dumps(settings)})
+    with pytest.raises(ConfigError, match="poisoned_rounds=1 .* Flower apps do not run"):
+        experiment_config({**run_config, "set": json.dumps({**settings, "attack": "label_flip",
+                                                             "poisoned_rounds": 1})})
+
+
 def test_bad_strategy_arguments_are_clear_errors():
     with pytest.raises(ConfigError, match="Did you mean 'lfighter'"):
         robust_strategy("lfigter")

@@ -73,6 +73,20 @@ def test_kernel_runs_this_interpreter():
     assert _runs_this_python(sys.executable) and not _runs_this_python("/usr/bin/nonexistent-python")
 
 
+def test_plain_papermill_runs_a_notebook_with_our_kernelspec(tmp_path):
+    """``papermill notebooks/X.ipynb out.ipynb`` without ``kernel_name`` (no ``make lab`` before):
+    the kernel the notebooks declare starts, runs this environment and imports flhelpers."""
+    import nbformat
+    import papermill as pm
+
+    ours = nbformat.read(notebooks_dir() / "MNIST.ipynb", as_version=4)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import flhelpers\nprint(flhelpers.__name__)")],
+                                  metadata={"kernelspec": dict(ours.metadata["kernelspec"])})
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    out = pm.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), progress_bar=False)
+    assert out.cells[0].outputs[0]["text"].strip() == "flhelpers"
+
+
 def test_reproduce_starts_the_kernel_without_the_plain_tcp_warning(tmp_path, capfd):
     """ipykernel warns "Kernel is running over TCP without encryption" at every kernel start
     unless the manager provisions CurveZMQ keys; reproduce's manager does, and the cell runs."""

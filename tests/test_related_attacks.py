@@ -34,14 +34,46 @@ def test_alie_is_mean_minus_z_std_of_the_honest_updates():
     honest = torch.tensor([[1.0, 0.0], [3.0, 4.0], [5.0, 2.0]])  # mean (3, 2); sample std (2, 2)
     u = torch.cat([honest, torch.zeros(2, 2)])
     att = torch.tensor([False, False, False, True, True])
-    out = ALittleIsEnough(z=1.5).poison_updates(u, att, round=0)
+    out = ALittleIsEnough(z=1.5, statistics="honest").poison_updates(u, att, round=0)
     assert torch.allclose(out[3:], torch.tensor([[0.0, -1.0], [0.0, -1.0]]))
     # z from n = 5, m = 2: s = floor(5/2 + 1) - 2 = 1, z = Phi^-1(4/5)
-    derived = ALittleIsEnough()
+    derived = ALittleIsEnough(statistics="honest")
     out = derived.poison_updates(u, att, round=0)
     z = NormalDist().inv_cdf(0.8)
     assert derived.last_z == pytest.approx(z)
     assert torch.allclose(out[3], torch.tensor([3.0 - 2 * z, 2.0 - 2 * z]))
+
+
+def test_alie_by_default_uses_the_attackers_own_updates_as_baruch_et_al():
+    """Non-omniscient (the paper; released malicious.py: np.mean and np.var(...) ** 0.5 over the
+    attackers' own gradients): mean and population std of the attackers' rows; the honest rows
+    do not enter."""
+    honest = torch.tensor([[100.0, -50.0], [7.0, 9.0], [-30.0, 2.0]])
+    own = torch.tensor([[1.0, 0.0], [3.0, 4.0]])  # mean (2, 2); population std (1, 2)
+    u = torch.cat([honest, own])
+    att = torch.tensor([False, False, False, True, True])
+    out = ALittleIsEnough(z=1.5).poison_updates(u, att, round=0)
+    assert torch.allclose(out[3:], torch.tensor([[0.5, -1.0], [0.5, -1.0]]))
+    assert torch.equal(out[:3], honest)
+    other = u.clone()
+    other[:3] = -other[:3]  # other honest updates: the same attack
+    assert torch.equal(ALittleIsEnough(z=1.5).poison_updates(other, att, round=0)[3:], out[3:])
+    with pytest.raises(ValueError, match="statistics must be one of attackers, honest"):
+        ALittleIsEnough(statistics="omniscient")
+
+
+def test_alie_runs_without_statistics_get_a_new_run_id(monkeypatch):
+    """A config that does not pass ALIE's statistics hashes it with the new default written out:
+    no id it had while the absent argument meant "honest" is reused; other attacks keep theirs."""
+    import flhelpers.config as config
+
+    cfg = config.ExperimentConfig(attack="alie", attacker_ratio=0.2)
+    flip = cfg.replace(attack="label_flip")
+    new_alie, new_flip = cfg.run_id(), flip.run_id()
+    assert new_alie == cfg.replace(attack_kwargs={"statistics": "attackers"}).run_id()
+    assert new_alie != cfg.replace(attack_kwargs={"statistics": "honest"}).run_id()
+    monkeypatch.setattr(config, "HASHED_KWARG_DEFAULTS", {})  # the ids before the option existed
+    assert cfg.run_id() != new_alie and flip.run_id() == new_flip
 
 
 def test_alie_z_matches_baruch_et_al():

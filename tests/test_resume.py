@@ -28,7 +28,7 @@ from flhelpers.config import benchmark_config
 from flhelpers.defenses.foolsgold import FoolsGold
 from flhelpers.fl.engine import run_experiment
 from flhelpers.results import (METRICS, SUMMARY, TIMINGS, atomic_write_csv, atomic_write_json,
-                               atomic_write_text, is_finished, load_results, run_dir)
+                               atomic_write_text, is_finished, load_results, recompute_dir, run_dir)
 
 CFG = benchmark_config("mnist-iid", "quick", num_peers=4, train_subset=600, test_subset=300, rounds=6,
                        attacker_ratio=0.25, defense="foolsgold", eval_every=2)
@@ -195,10 +195,12 @@ def test_on_round_sees_the_resumed_rounds_and_force_restarts(data_root, tmp_path
     again = run_experiment(SHORT, data_root=data_root, results_dir=tmp_path, progress=False,
                            on_round=lambda rec: seen.append(rec.round))
     assert seen == [0, 1, 2] and not again.reused
-    run_experiment(SHORT, data_root=data_root, results_dir=tmp_path, progress=False, stop_after=1, force=True)
-    assert load_checkpoint(res.path)["round"] == 0 and not is_finished(res.path)
+    # force recomputes a finished run beside it (runs/.<id>.recompute); the finished one stays
+    part = run_experiment(SHORT, data_root=data_root, results_dir=tmp_path, progress=False, stop_after=1, force=True)
+    assert part.path == recompute_dir(res.path) and is_finished(res.path)
+    assert load_checkpoint(part.path)["round"] == 0 and not is_finished(part.path)
     run_experiment(SHORT, data_root=data_root, results_dir=tmp_path, progress=False, stop_after=2, force=True)
-    assert load_checkpoint(res.path)["round"] == 1  # force recomputed rounds 0 and 1
+    assert load_checkpoint(part.path)["round"] == 1  # force recomputed rounds 0 and 1
 
 
 # ----------------------------------------------------------------------------- nothing half-written
@@ -229,13 +231,13 @@ def test_crash_between_temporary_write_and_rename_keeps_previous_state(tmp_path,
 
 
 KILLED_WRITE = textwrap.dedent("""
-    import importlib.util, os, signal, sys
+    import importlib.util, json, os, signal, sys
     import pandas as pd
     spec = importlib.util.spec_from_file_location("results", sys.argv[2])  # no torch import: faster
     results = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(results)
-    path = results.run_dir(sys.argv[1], "finished-run")
-    results.atomic_write_json(path / "config.json", {"config": {"seed": 0, "defense": "median"}})
+    path = results.run_dir(sys.argv[1], sys.argv[3])  # the run id of the config below
+    results.atomic_write_json(path / "config.json", {"config": json.loads(sys.argv[4])})
     text = results.csv_text(pd.DataFrame({"round": [0, 1], "accuracy": [0.25, 0.5]}))
     results.atomic_write_text(path / "metrics.csv", text)
     results.atomic_write_json(path / "summary.json", {"accuracy": 0.5, "metrics_sha256": results.sha256_text(text)})
@@ -246,11 +248,13 @@ KILLED_WRITE = textwrap.dedent("""
 
 def test_sigkill_between_write_and_rename_leaves_a_readable_store(tmp_path):
     import flhelpers.results
+    from flhelpers.config import ExperimentConfig
 
-    out = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(tmp_path), flhelpers.results.__file__],
-                         capture_output=True, timeout=120)
+    cfg = ExperimentConfig(seed=0, defense="median")  # config.json must hash to the folder's run id
+    out = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(tmp_path), flhelpers.results.__file__,
+                          cfg.run_id(), json.dumps(cfg.to_dict())], capture_output=True, timeout=120)
     assert out.returncode == -signal.SIGKILL, out.stderr.decode()[-2000:]
-    path = tmp_path / "runs" / "finished-run"
+    path = tmp_path / "runs" / cfg.run_id()
     strays = list(path.glob(".metrics.csv.*.tmp"))
     assert len(strays) == 1  # the new file never replaced the old one
     table = load_results(tmp_path, per_round=True)
@@ -276,8 +280,9 @@ def test_crash_while_finishing_leaves_an_unfinished_resumable_run(reference, dat
     assert done.extra["resumed_from"] == 5 and (path / METRICS).read_bytes() == reference
 
 
-def test_recomputing_a_finished_run_unmarks_it_first(data_root, tmp_path):
+def test_recomputing_a_finished_run_keeps_it_until_the_new_one_is_complete(data_root, tmp_path):
     first = run_experiment(SHORT, data_root=data_root, results_dir=tmp_path, progress=False)
+    before = (first.path / METRICS).read_bytes()
 
     def boom(rec):
         if rec.round == 1:
@@ -285,9 +290,9 @@ def test_recomputing_a_finished_run_unmarks_it_first(data_root, tmp_path):
 
     with pytest.raises(RuntimeError, match="mid-way"):
         run_experiment(SHORT, data_root=data_root, results_dir=tmp_path, progress=False, force=True, on_round=boom)
-    assert not is_finished(first.path)
+    assert is_finished(first.path) and (first.path / METRICS).read_bytes() == before
     table, msgs = _quiet_load(tmp_path)
-    assert table.empty and any("unfinished" in m for m in msgs)
+    assert len(table) == 1 and not any("unfinished" in m or "damaged" in m for m in msgs)
 
 
 def test_metrics_changed_after_finishing_is_detected(data_root, tmp_path):

@@ -14,6 +14,7 @@ less accurate than the plain kernels (6 % off float64 on a small BatchNorm batch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -83,6 +84,12 @@ def _float64(ds: FLDataset) -> FLDataset:
                      ds.test_y, ds.num_classes, ds.class_names, meta=dict(ds.meta))
 
 
+def _whole(cfg):
+    """``cfg`` training and testing on the whole data set it is given (a data set subset beforehand):
+    ``benchmark_config`` ignores ``None`` overrides, so the quick preset's subset sizes are cleared here."""
+    return dataclasses.replace(cfg, train_subset=None, test_subset=None)
+
+
 MNIST_SMALL = dict(num_peers=5, train_subset=700, test_subset=100, batch_size=16, local_epochs=2,
                    attacker_ratio=0.4, lr=0.05)
 
@@ -97,7 +104,7 @@ def mnist_exp(data_root):
 def mnist_exp64(data_root):
     """``mnist_exp`` in float64: same peers, same batches, same dropout masks."""
     ds = load_dataset("mnist", data_root).subset(700, 100, seed=0)
-    cfg = benchmark_config("mnist-mild", "quick", **{**MNIST_SMALL, "train_subset": None, "test_subset": None})
+    cfg = _whole(benchmark_config("mnist-mild", "quick", **MNIST_SMALL))
     exp = build_experiment(cfg, dataset=_float64(ds))
     exp.model.double()
     return exp
@@ -247,9 +254,8 @@ def test_each_peer_draws_its_own_dropout_masks(mnist_exp):
 def test_small_resnet_matches_sequential_in_float64(data_root, drop_last):
     """BatchNorm: per-peer running statistics, peers of unequal sizes, short last batches (or,
     with drop_last, none)."""
-    cfg = benchmark_config("cifar10-iid", "quick", model="test-tiny-resnet", num_peers=3, train_subset=None,
-                           test_subset=None, batch_size=8, local_epochs=2, attacker_ratio=0.3, lr=0.01,
-                           drop_last=drop_last)
+    cfg = _whole(benchmark_config("cifar10-iid", "quick", model="test-tiny-resnet", num_peers=3, batch_size=8,
+                                  local_epochs=2, attacker_ratio=0.3, lr=0.01, drop_last=drop_last))
     exp = build_experiment(cfg, dataset=_float64(load_dataset("cifar10", data_root).subset(60, 10, seed=1)))
     exp.model.double()
     flip = exp.attack.poison_labels
@@ -284,8 +290,8 @@ def test_bilstm_with_adam_matches_sequential_in_float64():
     labels = (tokens[:, :6].sum(1) > tokens[:, 6:].sum(1)).long()
     ds = FLDataset("imdb", tokens, labels, tokens[:10], labels[:10], 2, ("negative", "positive"),
                    meta={"vocab_size": 60})
-    cfg = benchmark_config("imdb", "quick", num_peers=3, train_subset=None, test_subset=None,
-                           batch_size=8, local_epochs=2, attacker_ratio=0.3, partition="dirichlet")
+    cfg = _whole(benchmark_config("imdb", "quick", num_peers=3, batch_size=8, local_epochs=2, attacker_ratio=0.3,
+                                  partition="dirichlet"))
     exp = build_experiment(cfg, dataset=ds)
     exp.model.double()
     assert cfg.optimizer == "adam" and len(set(p.num_samples for p in exp.peers)) > 1

@@ -88,7 +88,7 @@ def main() -> None:
 
     def on_round(rec: Any) -> None:
         ctx = rec.context
-        rows = ctx.gradients(ctx.layout.output_rows(rec.updates.detach()).double()).numpy()
+        rows = ctx.gradients(ctx.layout.output_rows(rec.updates.detach()).double()).cpu().numpy()
         attackers = np.asarray(rec.is_attacker, dtype=bool)
         classes = classes_all[np.asarray(rec.peer_ids)]
         actual = ~rec.result.accepted.cpu().numpy()

@@ -7,10 +7,12 @@ so the training loop never runs per-sample Python transforms.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -47,6 +49,54 @@ class DataMissingError(FileNotFoundError):
     """Raised when a data set is not on disk and cannot be downloaded."""
 
 
+def file_sizes(folder: Path, names: Iterable[str]) -> dict[str, int]:
+    """``{name: size in bytes}`` of the files ``names`` in ``folder`` that exist: what a loader
+    read, recorded in ``meta["source_files"]`` and from there in a run's ``config.json``."""
+    sizes = {}
+    for name in names:
+        try:
+            sizes[name] = (Path(folder) / name).stat().st_size
+        except OSError:
+            continue
+    return sizes
+
+
+def warn_if_short(name: str, source: str | os.PathLike, train: int, test: int,
+                  full_train: int, full_test: int, stacklevel: int = 3) -> None:
+    """Warn when a data set holds fewer samples than its standard size (a cut or partial copy):
+    a run on it would otherwise look like a run on the full data."""
+    if train >= full_train and test >= full_test:
+        return
+    warnings.warn(f"{name} in {source} holds {train} training and {test} test samples, fewer than the "
+                  f"standard {full_train:,} and {full_test:,}: results will not match full-data runs. "
+                  f"Replace it with the complete data set unless this is intended.", stacklevel=stacklevel)
+
+
+def _tensor_sha256(h: "hashlib._Hash", t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+
+def dataset_record(ds: "FLDataset") -> dict[str, Any]:
+    """What a run trained and was tested on, for its ``config.json``: the sample counts, the
+    SHA-256 of the training and of the test tensors (inputs and labels, after any subsetting)
+    and the sizes of the source files the loader read (``meta["source_files"]``).
+
+    Two runs of one config (one run id) on different data get different digests, so a
+    finished run is not taken for a run on the data the data root holds now.
+    """
+    digests = {}
+    for split, x, y in (("train", ds.train_x, ds.train_y), ("test", ds.test_x, ds.test_y)):
+        h = hashlib.sha256()
+        _tensor_sha256(h, x)
+        _tensor_sha256(h, y)
+        digests[f"{split}_sha256"] = h.hexdigest()
+    return {"train_samples": int(len(ds.train_y)), "test_samples": int(len(ds.test_y)), **digests,
+            "source_files": dict(ds.meta.get("source_files", {}))}
+
+
 @dataclass
 class FLDataset:
     """A whole data set in memory.
@@ -70,6 +120,18 @@ class FLDataset:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: ``(mean, std)`` as ``(1, C, 1, 1)`` tensors per device (:meth:`normalisation`)
+    _normalisation: dict[Any, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean`` and ``std`` as float32 ``(1, C, 1, 1)`` tensors on ``device``, built once per
+        device (not per batch: on CUDA each build is a host-to-device copy)."""
+        key = (str(device), self.mean, self.std)
+        if key not in self._normalisation:
+            self._normalisation[key] = (torch.tensor(self.mean, device=device).view(1, -1, 1, 1),
+                                        torch.tensor(self.std, device=device).view(1, -1, 1, 1))
+        return self._normalisation[key]
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """A batch ready for the model: uint8 images -> normalised float; token ids unchanged."""
@@ -77,8 +139,7 @@ class FLDataset:
             return x
         x = x.float().div_(255.0)
         if self.mean is not None and self.std is not None:
-            mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+            mean, std = self.normalisation(x.device)
             x = (x - mean) / std
         return x
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flhelpers.data.base import FLDataset, resolve_data_root
-from flhelpers.data.download import DataCorruptError, dir_is_writable, raise_missing
+from flhelpers.data.base import FLDataset, file_sizes, resolve_data_root, warn_if_short
+from flhelpers.data.download import DataCorruptError, dir_is_writable, raise_missing, removing_new_folders
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10", "read_cifar_batch"]
 
@@ -36,6 +36,8 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN_BATCHES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_BATCH = "test_batch"
 CIFAR10_FILES: tuple[str, ...] = CIFAR10_TRAIN_BATCHES + (CIFAR10_TEST_BATCH,)
+#: images in each official batch (five training batches, one test batch)
+CIFAR10_BATCH_SIZE = 10000
 CIFAR10_MEAN: tuple[float, ...] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, ...] = (0.2470, 0.2435, 0.2616)
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -48,16 +50,54 @@ _HINT = (
 )
 
 
+def _batch_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR-10 batch pickle refers to: numpy's array, dtype and scalar
+    rebuilders (under ``numpy.core`` as numpy 1 writes them, ``numpy._core`` as numpy 2 does),
+    and ``_codecs.encode``, which protocols 0-2 use for ``bytes`` written by Python 3."""
+    import codecs
+
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray, numeric
+    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                              ("_codecs", "encode"): codecs.encode,
+                                              ("codecs", "encode"): codecs.encode}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what a CIFAR-10 batch holds (dicts, lists, strings, bytes,
+    numbers and numpy arrays): any other global (``os.system``, ``builtins.exec``, a class
+    of a library) is refused, so a crafted file in the data root cannot run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        found = _batch_globals().get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(
+                f"it refers to {module}.{name}, which a CIFAR-10 batch never holds (refused: "
+                f"unpickling it could run code)")
+        return found
+
+
 def read_cifar_batch(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one CIFAR-10 python batch: uint8 images ``(N, 3, 32, 32)`` and int64 labels ``(N,)``.
 
+    The pickle is read with :class:`_BatchUnpickler`, which admits only the types a batch holds,
+    never code (``pickle.load`` would run whatever a crafted file asks for).
+
     Raises:
-        DataCorruptError: naming the file, when it is not a readable pickle of the expected form.
+        DataCorruptError: naming the file, when it is not a readable pickle of the expected form
+            (or refers to anything but plain data and numpy arrays).
     """
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _BatchUnpickler(f, encoding="latin1").load()
     except Exception as exc:  # UnpicklingError, EOFError, ValueError, ... : all mean "damaged"
         raise DataCorruptError(
             f"Could not read the CIFAR-10 batch {path}: {type(exc).__name__}: {exc}. "
@@ -154,6 +194,9 @@ def load_cifar10(data_root: str | os.PathLike | None = None, download: bool = Tr
             f"Results will not match the paper's full-data runs.",
             stacklevel=2,
         )
+    # a batch cut short (each official batch holds 10,000 images) is a partial data set too
+    warn_if_short("CIFAR-10", folder, len(train_y), len(test_y), CIFAR10_BATCH_SIZE * len(train_batches),
+                  CIFAR10_BATCH_SIZE)
 
     return FLDataset(
         name="cifar10",
@@ -171,6 +214,7 @@ def load_cifar10(data_root: str | os.PathLike | None = None, download: bool = Tr
             "num_train_batches": len(train_batches),
             "num_train_images": int(len(train_y)),
             "complete": len(train_batches) == len(CIFAR10_TRAIN_BATCHES),
+            "source_files": file_sizes(folder, [*train_batches, CIFAR10_TEST_BATCH]),
         },
     )
 
@@ -185,9 +229,10 @@ def _download(root: Path, folder: Path) -> None:
         from torchvision.datasets import CIFAR10
         from torchvision.datasets.utils import download_and_extract_archive
 
-        download_and_extract_archive(
-            CIFAR10.url, download_root=str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5
-        )
+        with removing_new_folders(folder):  # a failed download leaves no new folder behind
+            download_and_extract_archive(
+                CIFAR10.url, download_root=str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5
+            )
     except Exception as exc:
         text = " ".join(str(exc).split())[:300]
         raise_missing("CIFAR-10", folder, CIFAR10_FILES,

@@ -7,12 +7,14 @@ data set reports a missing or damaged file the same way: which files, where, and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import stat
 import urllib.request
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from flhelpers.data.base import DATA_ENV, DataMissingError
 
@@ -22,6 +24,7 @@ __all__ = [
     "DataMissingError",
     "dir_is_writable",
     "download_url",
+    "removing_new_folders",
     "file_digest",
     "missing_data_message",
     "raise_missing",
@@ -82,6 +85,31 @@ def dir_is_writable(path: str | os.PathLike) -> bool:
         return False
     has_write_bit = bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     return has_write_bit and os.access(p, os.W_OK | os.X_OK)
+
+
+@contextlib.contextmanager
+def removing_new_folders(path: str | os.PathLike,
+                         keep_on: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Run a download into ``path``; if it raises, remove every folder on the way to ``path``
+    that did not exist before it started (with whatever the failed download left in them),
+    except for the exceptions ``keep_on`` (a checksum mismatch keeps the file for inspection).
+
+    Downloaders create the folders they write into, so a failed download into a mistyped data
+    root (``--data-root ./dtaa``) used to leave that path behind, and the next run found a data
+    root that looked real. Folders that existed before are never touched; a successful download
+    keeps everything.
+    """
+    path = Path(path)
+    top = None
+    p = path
+    while not p.exists() and p.parent != p:
+        top, p = p, p.parent
+    try:
+        yield
+    except BaseException as exc:
+        if top is not None and top.is_dir() and not isinstance(exc, keep_on):
+            shutil.rmtree(top, ignore_errors=True)
+        raise
 
 
 def download_url(

@@ -44,12 +44,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flhelpers.data.base import FLDataset, resolve_cache_dir, resolve_data_root
+from flhelpers.data.base import FLDataset, file_sizes, resolve_cache_dir, resolve_data_root, warn_if_short
 from flhelpers.data.download import (
     DataCorruptError,
     dir_is_writable,
     download_url,
     raise_missing,
+    removing_new_folders,
     verify_checksum,
 )
 from flhelpers.data.tokenizer import Vocabulary, encode_texts, tokenize_many
@@ -79,6 +80,8 @@ CACHE_VERSION = 1
 _SPLITS = ("paper", "official")
 _LABELS = {"negative": 0, "positive": 1}
 _PARTS = (("train", "pos"), ("train", "neg"), ("test", "pos"), ("test", "neg"))
+#: (training, test) reviews of the full data set per split; a source holding fewer raises a warning
+IMDB_SIZES: dict[str, tuple[int, int]] = {"paper": (40000, 10000), "official": (25000, 25000)}
 _MEMBER_RE = re.compile(r"^(?:\./)?aclImdb/(train|test)/(pos|neg)/(\d+)_\d+\.txt$")
 _EXPECTED = (
     "imdb.csv or imdb.csv.gz (columns review,sentiment; rows 0-24,999 official train, "
@@ -282,7 +285,8 @@ def _download(root: Path, download: bool) -> Path:
                       f"cannot be downloaded")
     dest = root / IMDB_ARCHIVE
     try:
-        download_url(IMDB_URL, dest, sha256=IMDB_SHA256)
+        with removing_new_folders(root, keep_on=(DataCorruptError,)):  # no new folder left by a failed download
+            download_url(IMDB_URL, dest, sha256=IMDB_SHA256)
     except DataCorruptError:  # a checksum mismatch: its message says what to do
         raise
     except Exception as exc:  # URLError, timeouts, HTTP errors, a full disk, ...
@@ -371,7 +375,20 @@ def _save_cache(path: Path, tensors: dict[str, torch.Tensor]) -> None:
                 pass
 
 
+def _source_files(source: Path) -> dict[str, int]:
+    """Bytes of the source: the csv or archive, or the review files of each part of a folder."""
+    if not source.is_dir():
+        return file_sizes(source.parent, [source.name])
+    sizes = {}
+    for split, polarity in _PARTS:
+        with os.scandir(source / split / polarity) as entries:
+            sizes[f"{source.name}/{split}/{polarity}"] = sum(e.stat().st_size for e in entries if e.is_file())
+    return sizes
+
+
 def _dataset(tensors: dict[str, torch.Tensor], options: dict, source: Path) -> FLDataset:
+    warn_if_short("IMDB", source, len(tensors["train_y"]), len(tensors["test_y"]), *IMDB_SIZES[options["split"]],
+                  stacklevel=4)
     return FLDataset(
         name="imdb",
         train_x=tensors["train_x"],
@@ -386,6 +403,7 @@ def _dataset(tensors: dict[str, torch.Tensor], options: dict, source: Path) -> F
             "split": options["split"],
             "seed": options["seed"],
             "source": str(source),
+            "source_files": _source_files(source),
         },
     )
 

@@ -18,8 +18,8 @@ import os
 
 import torch
 
-from flhelpers.data.base import FLDataset, resolve_data_root
-from flhelpers.data.download import DataCorruptError, dir_is_writable, raise_missing
+from flhelpers.data.base import FLDataset, file_sizes, resolve_data_root, warn_if_short
+from flhelpers.data.download import DataCorruptError, dir_is_writable, raise_missing, removing_new_folders
 
 __all__ = ["MNIST_FILES", "MNIST_MEAN", "MNIST_STD", "load_mnist"]
 
@@ -32,6 +32,8 @@ MNIST_FILES: tuple[str, ...] = (
 MNIST_MEAN: tuple[float, ...] = (0.1307,)
 MNIST_STD: tuple[float, ...] = (0.3081,)
 MNIST_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
+#: the standard (training, test) sizes; a data root holding fewer raises a warning
+MNIST_SIZES: tuple[int, int] = (60000, 10000)
 
 
 def load_mnist(data_root: str | os.PathLike | None = None, download: bool = True) -> FLDataset:
@@ -69,7 +71,8 @@ def load_mnist(data_root: str | os.PathLike | None = None, download: bool = True
             raise_missing("MNIST", raw, MNIST_FILES, reason=f"missing {', '.join(missing)}, and "
                           f"{root} is not writable, so they cannot be downloaded", hint=hint)
         try:
-            MNIST(str(root), train=True, download=True)
+            with removing_new_folders(raw):  # a failed download leaves no new folder behind
+                MNIST(str(root), train=True, download=True)
         except Exception as exc:  # network errors come as RuntimeError/URLError/OSError
             raise_missing("MNIST", raw, MNIST_FILES,
                           reason=f"download failed ({type(exc).__name__}: {_first_line(exc)})",
@@ -87,6 +90,7 @@ def load_mnist(data_root: str | os.PathLike | None = None, download: bool = True
     def images(ds: MNIST) -> torch.Tensor:
         return ds.data.to(torch.uint8).unsqueeze(1).contiguous()
 
+    warn_if_short("MNIST", raw, len(train.targets), len(test.targets), *MNIST_SIZES)
     return FLDataset(
         name="mnist",
         train_x=images(train),
@@ -97,7 +101,7 @@ def load_mnist(data_root: str | os.PathLike | None = None, download: bool = True
         class_names=MNIST_CLASSES,
         mean=MNIST_MEAN,
         std=MNIST_STD,
-        meta={"source": str(raw)},
+        meta={"source": str(raw), "source_files": file_sizes(raw, MNIST_FILES)},
     )
 
 

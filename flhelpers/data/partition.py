@@ -15,6 +15,7 @@ a ValueError naming the remedy otherwise.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,7 +80,7 @@ def dirichlet_partition(labels: np.ndarray, num_peers: int, alpha: float, rng: n
         parts: list[list[np.ndarray]] = [[] for _ in range(num_peers)]
         for idx in by_class:
             idx = rng.permutation(idx)
-            p = rng.dirichlet(np.full(num_peers, alpha))
+            p = dirichlet_proportions(rng, num_peers, alpha)
             cuts = (np.cumsum(p)[:-1] * len(idx)).astype(np.int64)
             for peer, chunk in enumerate(np.split(idx, cuts)):
                 parts[peer].append(chunk)
@@ -88,9 +89,28 @@ def dirichlet_partition(labels: np.ndarray, num_peers: int, alpha: float, rng: n
             return _finish(labels, merged, c)
     raise ValueError(
         f"Could not draw a Dirichlet(alpha={alpha}) split of {len(labels)} samples among "
-        f"{num_peers} peers giving every peer at least {min_samples} samples in {max_tries} draws; "
-        f"use fewer peers, a larger alpha or a smaller batch."
+        f"{num_peers} peers giving every peer at least {min_samples} samples in {max_tries} draws "
+        f"(even at a large alpha each peer gets about {len(labels) // num_peers}); "
+        f"use fewer peers or a smaller batch{', or a larger alpha (a more even split)' if alpha < 1e3 else ''}."
     )
+
+
+def dirichlet_proportions(rng: np.random.Generator, num_peers: int, alpha: float) -> np.ndarray:
+    """``p ~ Dir(alpha * 1_K)``: one class's shares of the ``K`` peers.
+
+    ``rng.dirichlet`` normalises ``K`` draws ``g_k ~ Gamma(alpha, 1)``; once ``K * alpha`` nears
+    the float range (``alpha = 1e308``) their sum overflows and it returns zeros, which would put
+    the whole class on the last peer. Since ``Dir(alpha)`` is the law of ``g / sum(g)`` for any
+    common scale of the ``g_k``, such draws are redone as ``g_k ~ Gamma(alpha, 1 / alpha)``
+    (mean 1, no overflow), the same distribution; every other alpha keeps ``rng.dirichlet``'s
+    draws, so existing splits are unchanged.
+    """
+    p = rng.dirichlet(np.full(num_peers, alpha))
+    total = float(p.sum())
+    if math.isfinite(total) and abs(total - 1.0) < 1e-6:
+        return p
+    g = rng.gamma(alpha, 1.0 / alpha, num_peers)
+    return g / g.sum()
 
 
 def extreme_partition(labels: np.ndarray, num_peers: int, rng: np.random.Generator,

@@ -59,18 +59,33 @@ def flame_lambda(eps: float, delta: float) -> float:
     return math.sqrt(2.0 * math.log(1.25 / delta)) / eps
 
 
-def flame_admitted(updates: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """HDBSCAN on cosine distances; a ``(K,)`` bool mask of the admitted peers and the labels."""
-    from sklearn.cluster import HDBSCAN
-    from sklearn.metrics.pairwise import cosine_distances
+def cosine_distance_matrix(updates: torch.Tensor) -> torch.Tensor:
+    """``c_ij = 1 - cos(u_i, u_j)`` of the ``(K, D)`` updates: ``(K, K)`` float64 on their device.
 
-    x = np.asarray(updates, dtype=np.float64)
+    scikit-learn's ``cosine_distances`` (which this replaced, run on a host copy of the updates):
+    rows scaled by their norms (a norm below ``10 * eps`` counts as zero and leaves its row a
+    zero vector, at distance 1 from everything), ``1 - X X^T`` clipped to ``[0, 2]``; then made
+    exactly symmetric with a zero diagonal. Only the ``K x K`` result needs to reach the host.
+    """
+    x = updates.detach().to(torch.float64)
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    norms = torch.where(norms < 10 * torch.finfo(torch.float64).eps, torch.ones_like(norms), norms)
+    unit = x / norms
+    dist = (1.0 - unit @ unit.T).clamp_(0.0, 2.0)
+    dist = (dist + dist.T) / 2.0
+    return dist.fill_diagonal_(0.0)
+
+
+def flame_admitted(updates: np.ndarray | torch.Tensor) -> tuple[np.ndarray, list[int]]:
+    """HDBSCAN on cosine distances (:func:`cosine_distance_matrix`, computed where ``updates`` are);
+    a ``(K,)`` bool mask of the admitted peers and the labels."""
+    from sklearn.cluster import HDBSCAN
+
+    x = torch.as_tensor(updates)
     k = x.shape[0]
     if k < 2:
         return np.ones(k, dtype=bool), [0] * k
-    dist = np.clip(cosine_distances(x), 0.0, 2.0)
-    dist = (dist + dist.T) / 2.0
-    np.fill_diagonal(dist, 0.0)
+    dist = cosine_distance_matrix(x).cpu().numpy()
     labels = HDBSCAN(
         metric="precomputed",
         min_cluster_size=k // 2 + 1,
@@ -129,7 +144,7 @@ class FLAME(Defense):
     def aggregate(self, updates: torch.Tensor, ctx: AggregationContext) -> AggregationResult:
         k, d = updates.shape
         u64 = updates.detach().to(dtype=torch.float64)
-        admitted_np, labels = flame_admitted(u64.cpu().numpy())
+        admitted_np, labels = flame_admitted(u64)  # K x K distances reach the host, not K x D updates
         admitted = torch.as_tensor(admitted_np, dtype=torch.bool, device=updates.device)
 
         norms = torch.linalg.vector_norm(u64, dim=1)

@@ -40,7 +40,9 @@ def check_krum_sizes(num_peers: int, expected_attackers: int) -> None:
 
 def krum_scores(updates: torch.Tensor, expected_attackers: int) -> torch.Tensor:
     """Each update's Krum score, ``(K,)`` float64: the sum of squared distances to its
-    ``K - f - 2`` nearest other updates."""
+    ``K - f - 2`` nearest other updates. A row holding NaN or +-Inf has no score (raw ranking
+    would put a NaN score last and an infinite row's neighbours first): a ValueError names it,
+    and the engine's guard drops such rows before the rule."""
     n = updates.shape[0]
     check_krum_sizes(n, expected_attackers)
     dist = pairwise_sq_distances(updates)

@@ -18,15 +18,21 @@ from flhelpers.defenses.base import AggregationContext, AggregationResult, Defen
 
 
 def coordinate_median(updates: torch.Tensor, block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> torch.Tensor:
-    """The true coordinate-wise median of a ``K x D`` matrix, ``(D,)``, computed block by block."""
+    """The true coordinate-wise median of a ``K x D`` matrix, ``(D,)``, computed block by block.
+
+    Raises a ValueError naming the rows when ``updates`` holds NaN or +-Inf: NaN has no place
+    in an order, so a median taken anyway would be a finite number without meaning (the
+    engine's guard, :func:`flhelpers.fl.guards.guarded_aggregate`, drops such rows first).
+    """
     out = torch.empty(updates.shape[1], dtype=updates.dtype, device=updates.device)
-    for cols, block in sorted_column_blocks(updates, block_elements):
-        out[cols] = median_of_sorted(block, dim=0)
+    for cols, block in sorted_column_blocks(updates, block_elements):  # checks each block
+        out[cols] = median_of_sorted(block, dim=0, allow_non_finite=True)
     return out
 
 
 class Median(Defense):
-    """Coordinate-wise (true) median of the updates; every peer is accepted."""
+    """Coordinate-wise (true) median of the updates; every peer is accepted. Non-finite
+    updates raise a ValueError (:func:`coordinate_median`)."""
 
     name = "median"
 

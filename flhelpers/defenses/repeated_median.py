@@ -92,7 +92,9 @@ def inner_slope_medians(sorted_values: torch.Tensor) -> torch.Tensor:
     slopes = sorted_values.unsqueeze(2) - sorted_values.unsqueeze(1)  # [c, i, l]: y_(i) - y_(l)
     slopes.mul_(dx.reciprocal_())  # / (i - l)
     torch.diagonal(slopes, dim1=1, dim2=2).fill_(math.inf)
-    return median_of_sorted(sort_along(slopes, dim=2)[:, :, : k - 1], dim=2)
+    # the diagonal's +inf is there on purpose (and huge finite inputs may overflow): no finiteness check
+    return median_of_sorted(sort_along(slopes, dim=2, allow_non_finite=True)[:, :, : k - 1], dim=2,
+                            allow_non_finite=True)
 
 
 def siegel_line(sorted_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,9 +103,11 @@ def siegel_line(sorted_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     Returns ``(intercept, slope)``, each ``(C,)``. Needs ``K >= 2``.
     """
     k = sorted_values.shape[1]
-    slope = median_of_sorted(sort_along(inner_slope_medians(sorted_values), dim=1), dim=1)
+    slope = median_of_sorted(sort_along(inner_slope_medians(sorted_values), dim=1, allow_non_finite=True), dim=1,
+                             allow_non_finite=True)
     x = torch.arange(k, device=sorted_values.device, dtype=sorted_values.dtype)
-    intercept = median_of_sorted(sort_along(sorted_values - slope.unsqueeze(1) * x, dim=1), dim=1)
+    intercept = median_of_sorted(sort_along(sorted_values - slope.unsqueeze(1) * x, dim=1, allow_non_finite=True),
+                                 dim=1, allow_non_finite=True)
     return intercept, slope
 
 
@@ -117,7 +121,7 @@ def residual_confidence(
     x = torch.arange(k, device=sorted_values.device, dtype=dtype)
     fitted = intercept.unsqueeze(1) + slope.unsqueeze(1) * x
     abs_res = (sorted_values - fitted).abs()
-    mad = median_of_sorted(sort_along(abs_res, dim=1)[:, 1:], dim=1)
+    mad = median_of_sorted(sort_along(abs_res, dim=1, allow_non_finite=True)[:, 1:], dim=1, allow_non_finite=True)
     sigma = MAD_TO_SIGMA * (1 + 5 / (k - 1)) * mad
     s_xx = k * (k * k - 1) / 12.0
     leverage = 1.0 / k + (x - (k - 1) / 2.0) ** 2 / s_xx
@@ -127,6 +131,19 @@ def residual_confidence(
     limit = z * sigma.unsqueeze(1) * root
     confidence = torch.where(abs_res <= limit, torch.ones_like(abs_res), limit / abs_res)
     return confidence, fitted
+
+
+def add_column_sums(total: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``total + rows.sum(dim=0)`` for ``(K,)`` and ``(C, K)``, deterministic on every device.
+
+    On the CPU the rows are added to ``total`` one by one in row order (a cumulative sum): the
+    exact order of the ``index_add_`` this replaced, so the CPU's numbers are unchanged. On CUDA
+    (where ``cumsum`` and ``index_add_`` may use atomics) the column sums are one fixed-order
+    reduction, added to ``total``.
+    """
+    if rows.device.type == "cpu":
+        return torch.cat([total.unsqueeze(0), rows]).cumsum(dim=0)[-1]
+    return total + rows.sum(dim=0)
 
 
 class RepeatedMedian(Defense):
@@ -165,16 +182,19 @@ class RepeatedMedian(Defense):
             )
         score = torch.zeros(k, dtype=torch.float64, device=device)
         corrected = torch.empty_like(updates)
-        num_corrected = 0
+        num_corrected = torch.zeros((), dtype=torch.int64, device=device)  # read once, after the loop
         for cols in column_chunks(k * k, d, self.block_elements):
             block = updates[:, cols].t()
-            sorted_values, order = argsort_along(block, dim=1)
+            sorted_values, order = argsort_along(block, dim=1)  # refuses NaN/Inf input rows
             confidence, fitted = residual_confidence(sorted_values, self.lam)
             low = confidence < self.delta
-            num_corrected += int(low.sum())
+            num_corrected += low.sum()
             fixed = torch.where(low, fitted, sorted_values)
             spread = confidence.std(dim=1, keepdim=True)
-            score.index_add_(0, order.reshape(-1), (confidence * spread).reshape(-1).to(torch.float64))
+            # each value back in its peer's column (as for ``corrected``), then summed per column:
+            # no index_add_ (atomic adds in varying order on CUDA)
+            values = (confidence * spread).to(torch.float64)
+            score = add_column_sums(score, torch.empty_like(values).scatter_(1, order, values))
             corrected[:, cols] = torch.empty_like(fixed).scatter_(1, order, fixed).t()
         top = score.max()
         if top > 0:
@@ -186,7 +206,7 @@ class RepeatedMedian(Defense):
             update=weighted_mean(corrected, weights),
             accepted=weights > 0,
             weights=weights,
-            info={"corrected": num_corrected, "uniform_fallback": bool(top <= 0)},
+            info={"corrected": int(num_corrected), "uniform_fallback": bool(top <= 0)},
         )
 
     def __repr__(self) -> str:

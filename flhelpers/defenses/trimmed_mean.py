@@ -23,17 +23,22 @@ import math
 
 import torch
 
-from flhelpers.defenses._robust_utils import sorted_column_blocks
+from flhelpers.defenses._robust_utils import check_finite_rows, sorted_column_blocks
 from flhelpers.defenses.base import AggregationContext, AggregationResult, Defense
 from flhelpers.defenses.median import coordinate_median
 
 
 def coordinate_trimmed_mean(updates: torch.Tensor, trim: int) -> torch.Tensor:
-    """Mean of each column after dropping its ``trim`` smallest and ``trim`` largest values."""
+    """Mean of each column after dropping its ``trim`` smallest and ``trim`` largest values.
+
+    Raises a ValueError naming the rows when ``updates`` holds NaN or +-Inf (an order with NaN
+    has no meaning; the engine's guard drops such rows first).
+    """
     k = updates.shape[0]
     if trim < 0:
         raise ValueError(f"The number to trim must be >= 0, got {trim}.")
     if trim == 0:
+        check_finite_rows(updates)
         return updates.mean(dim=0)
     if 2 * trim >= k:
         return coordinate_median(updates)

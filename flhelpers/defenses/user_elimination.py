@@ -341,17 +341,18 @@ def global_loss_per_peer(exp, peer_ids: np.ndarray, global_params: torch.Tensor,
     if global_buffers.numel():
         load_flat_buffers(model, global_buffers)
     model.eval()
-    out = np.zeros(len(peer_ids))
+    # float64 sums on the device, read once: the float(loss) of every batch waited for the device
+    totals = torch.zeros(len(peer_ids), dtype=torch.float64, device=exp.device)
     for row, k in enumerate(peer_ids):
         peer = exp.peers[int(k)]
-        total = 0.0
+        total = totals[row]
         for start in range(0, peer.num_samples, cfg.eval_batch_size):
             idx = peer.indices[start : start + cfg.eval_batch_size]
             xb = data.prepare(data.train_x[idx].to(exp.device))
             yb = peer.labels[start : start + cfg.eval_batch_size].to(exp.device)
-            total += float(loss_fn(cfg.loss, model(xb), yb)) * len(idx)
-        out[row] = total / max(peer.num_samples, 1)
-    return out
+            total += loss_fn(cfg.loss, model(xb), yb).double() * len(idx)
+    sizes = np.array([max(exp.peers[int(k)].num_samples, 1) for k in peer_ids], dtype=np.float64)
+    return totals.cpu().numpy() / sizes
 
 
 class UserElimination(Defense):

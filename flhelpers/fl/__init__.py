@@ -7,6 +7,7 @@
 * :mod:`~flhelpers.fl.guards` - the server's guards against hostile updates (non-finite rows,
   aggregates that would break the model).
 * :mod:`~flhelpers.fl.checkpoint` - a run's state after each round, saved and restored.
+* :mod:`~flhelpers.fl.device` - float32 precision and the deterministic mode on CUDA, and their record.
 * :mod:`~flhelpers.fl.grid` - grids of runs (reuse, resume), locally
   (:mod:`~flhelpers.fl.executors`) or on Ray (:mod:`~flhelpers.fl.ray_executor`).
 """

@@ -11,7 +11,10 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 * ``defense``, ``attack``: their ``state_dict()`` (FoolsGold's histories, reputations);
 * ``rng``: the global python, numpy and torch generator states (:func:`rng_states`);
 * ``fingerprint``: the attackers and a digest of the partition (:func:`fingerprint`);
-* ``num_threads``: torch's CPU thread count (float reductions depend on it).
+* ``num_threads``: torch's CPU thread count (float reductions depend on it);
+* ``runtime``: the device, its CUDA and cuDNN versions, the precision flags, the deterministic
+  mode and the vectorized chunk (:func:`flhelpers.fl.device.resume_key`); a run is not resumed
+  under different ones (the engine raises), a checkpoint without it is (written before it existed).
 
 Random state. Every draw of the engine comes from a generator seeded by
 ``derive_seed(seed, purpose, round, peer, ...)`` (:mod:`flhelpers.seeding`): the partition,
@@ -25,7 +28,11 @@ partition and the attackers are rebuilt from the seed and compared with the fing
 mismatch (the data or the code changed) discards the checkpoint with a warning.
 
 Only the latest checkpoint is kept (each save replaces the file atomically); it is loaded with
-``torch.load(weights_only=True)``, so a checkpoint file cannot run code.
+``torch.load(weights_only=True)``, so a checkpoint file cannot run code. Each checkpoint records
+the SHA-256 of its contents (``sha256``, :func:`state_digest`), checked on load: ``torch.load``
+does not check the zip's CRCs, so damaged bytes would otherwise resume the run from wrong
+weights. A mismatch discards the checkpoint with a warning (the run restarts at round 0); a
+checkpoint of an older flhelpers without the key is resumed with a warning that it is unchecked.
 """
 
 from __future__ import annotations
@@ -134,10 +141,64 @@ def fingerprint(partition_indices: Sequence[torch.Tensor], attackers: Sequence[i
     return {"partition_sha256": h.hexdigest(), "attackers": [int(a) for a in attackers]}
 
 
+#: checkpoint key holding :func:`state_digest` of the rest of the checkpoint
+DIGEST = "sha256"
+
+
+def _digest_update(h: "hashlib._Hash", obj: Any) -> None:
+    """Feed ``obj`` to ``h``: its type, then its contents (tensors and arrays as dtype, shape
+    and bytes; containers element by element; dict keys in their order)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(f"A{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B") if a.size and a.dtype != object else repr(a.tolist()).encode())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for key, value in obj.items():
+            _digest_update(h, key)
+            _digest_update(h, value)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}".encode())
+        for value in obj:
+            _digest_update(h, value)
+    elif isinstance(obj, (set, frozenset)):  # no stable order of its own
+        h.update(f"S{len(obj)}".encode())
+        for value in sorted(obj, key=repr):
+            _digest_update(h, value)
+    elif isinstance(obj, (bytes, bytearray)):
+        h.update(f"B{len(obj)}".encode())
+        h.update(bytes(obj))
+    else:  # str, int, float, bool, None: their repr is exact (floats round-trip)
+        text = repr(obj)
+        h.update(f"{type(obj).__name__}{len(text)}:".encode())
+        h.update(text.encode())
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's contents (every key but :data:`DIGEST`).
+
+    ``torch.load`` does not check the CRCs of the zip archive it reads, so bytes damaged on disk
+    would load as different weights or counters and the run would continue from them; the digest
+    is computed over what was saved and again over what was loaded, so any change that reaches
+    the loaded values is caught.
+    """
+    h = hashlib.sha256()
+    _digest_update(h, {k: v for k, v in state.items() if k != DIGEST})
+    return h.hexdigest()
+
+
 def save_checkpoint(run_path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (with ``format`` added) to ``<run_path>/checkpoint.pt`` atomically."""
+    """Write ``state`` (with ``format`` and its :func:`state_digest` added) to
+    ``<run_path>/checkpoint.pt`` atomically."""
+    state = {**state, "format": FORMAT}
+    state[DIGEST] = state_digest(state)
     buf = io.BytesIO()
-    torch.save({**state, "format": FORMAT}, buf)
+    torch.save(state, buf)
     atomic_write_bytes(Path(run_path) / CHECKPOINT, buf.getvalue())
 
 
@@ -160,8 +221,13 @@ def load_checkpoint(run_path: Path, run_id: str | None = None) -> dict[str, Any]
     problem = None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         problem = f"it has format {state.get('format') if isinstance(state, dict) else None}, expected {FORMAT}"
+    elif DIGEST in state and state[DIGEST] != state_digest(state):
+        problem = "its contents do not match their SHA-256 (the file was damaged after it was written)"
     elif run_id is not None and state.get("run_id") != run_id:
         problem = f"it belongs to run {state.get('run_id')!r}, not {run_id!r}"
+    elif DIGEST not in state:
+        warnings.warn(f"Checkpoint {path} records no SHA-256 (written by an older flhelpers), so damage to it "
+                      f"cannot be detected; resuming from it unchecked.", stacklevel=2)
     if problem:
         warnings.warn(f"Ignoring checkpoint {path}: {problem}; starting the run afresh.", stacklevel=2)
         return None

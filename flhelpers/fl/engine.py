@@ -16,7 +16,15 @@ Runs that survive:
   ``metrics.csv`` byte-identical to an uninterrupted run's (same machine, same torch thread
   count: float reductions depend on it). Wall times go to ``timings.csv``, not ``metrics.csv``.
 * **Nothing half-written.** Every file is replaced atomically; ``summary.json`` is written
-  last and marks the run finished; it is deleted first whenever a run is recomputed.
+  last and marks the run finished. A finished run that is recomputed (``force``, ``on_round``)
+  stays in place until the new one is complete (computed in ``runs/.<run-id>.recompute``, then
+  swapped in), so a kill during the recomputation loses nothing.
+* **Nothing silently wrong.** ``config.json`` records the data the run read (sample counts,
+  the SHA-256 of the training and test tensors, the source files' sizes; not in the run id); a
+  stored run recorded on other data is neither reused nor resumed (:class:`DataMismatchError`).
+  A run folder whose ``config.json`` no longer hashes to its run id, or whose summary lacks the
+  metrics digest, is recomputed with a warning. Two processes asked for the same run share it
+  through the run's lock: one computes, the other waits and reuses.
 * **Hostile updates** are handled by :mod:`flhelpers.fl.guards` (NaN/Inf rows rejected before
   the rule; a non-finite aggregate discarded); the global model never becomes non-finite.
 """
@@ -24,6 +32,7 @@ Runs that survive:
 from __future__ import annotations
 
 import platform
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -37,12 +46,13 @@ from tqdm.auto import tqdm
 
 from flhelpers._version import __version__
 from flhelpers.attacks import Attack, select_attackers
-from flhelpers.fl.checkpoint import (Progress, fingerprint, load_checkpoint, remove_checkpoint,
+from flhelpers.fl.device import configure_torch, resume_key, resume_problem, runtime_record
+from flhelpers.fl.checkpoint import (CHECKPOINT, Progress, fingerprint, load_checkpoint, remove_checkpoint,
                                   restore_rng_states, rng_states, save_checkpoint)
-from flhelpers.config import (ConfigError, ExperimentConfig, check_defense_size, expected_attackers,
-                              make_defense, peers_per_round, validate_config)
+from flhelpers.config import (ConfigError, ExperimentConfig, check_defense_size, check_honest_peer_left,
+                              expected_attackers, make_defense, peers_per_round, validate_config)
 from flhelpers.data import load_dataset
-from flhelpers.data.base import FLDataset
+from flhelpers.data.base import DataMissingError, FLDataset, dataset_record
 from flhelpers.defenses.base import AggregationContext, AggregationResult, Defense
 from flhelpers.fl.guards import (apply_update, attackers_mean, average_buffers, buffer_weights,  # noqa: F401
                                  feasible_attackers, guarded_aggregate)
@@ -52,8 +62,9 @@ from flhelpers.params import ParamLayout, flatten_buffers, flatten_params, layou
 from flhelpers.data.partition import Partition, make_partition
 from flhelpers.registry import ATTACKS
 from flhelpers.results import (CONFIG, METRICS, METRICS_DIGEST, SUMMARY, TIMINGS, atomic_write_csv,
-                               atomic_write_json, atomic_write_text, csv_text, is_finished,
+                               atomic_write_json, atomic_write_text, check_results_dir, csv_text, is_finished,
                                read_finished_run, read_timings, remove_temporaries, run_dir, sha256_text)
+from flhelpers.results import hold_run, publish_run, read_json, recompute_dir, recover_run
 from flhelpers.seeding import derive_seed, torch_generator
 from flhelpers.fl.training import PeerData, SequentialTrainer
 
@@ -92,6 +103,8 @@ class Experiment:
     expected_attackers: int = 0
     #: (training, test) samples of the clean data set the run used, before any poisoned copies
     data_sizes: tuple[int, int] = (0, 0)
+    #: :func:`flhelpers.data.base.dataset_record` of that data set (config.json's ``data``)
+    data_record: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_attacker(self) -> np.ndarray:
@@ -144,6 +157,13 @@ def _make_attack(cfg: ExperimentConfig, num_classes: int) -> Attack:
         raise ConfigError(f"attack {cfg.attack!r} with attack_kwargs {cfg.attack_kwargs}: {exc}") from exc
 
 
+def _subset(cfg: ExperimentConfig, dataset: FLDataset) -> FLDataset:
+    """The seeded ``train_subset`` / ``test_subset`` of ``dataset`` the run uses (itself without them)."""
+    if cfg.train_subset or cfg.test_subset:
+        return dataset.subset(cfg.train_subset, cfg.test_subset, seed=derive_seed(cfg.seed, "subset") % 2**31)
+    return dataset
+
+
 def build_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
                      dataset: FLDataset | None = None) -> Experiment:
     """Validate ``cfg`` and build data, partition, attackers, model and defense (no training).
@@ -153,6 +173,7 @@ def build_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
     any training.
     """
     validate_config(cfg)
+    configure_torch(cfg)  # precision and deterministic mode, before anything touches the device
     defense = make_defense(cfg)
     if dataset is None:
         dataset = load_dataset(cfg.dataset, data_root, **cfg.dataset_kwargs)
@@ -160,8 +181,9 @@ def build_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
         if c >= dataset.num_classes:
             raise ConfigError(
                 f"{name}={c} is out of range: {dataset.name} has classes 0..{dataset.num_classes - 1}.")
-    if cfg.train_subset or cfg.test_subset:
-        dataset = dataset.subset(cfg.train_subset, cfg.test_subset, seed=derive_seed(cfg.seed, "subset") % 2**31)
+    check_subset_sizes(cfg, dataset, data_root)
+    dataset = _subset(cfg, dataset)
+    data = dataset_record(dataset)  # the clean data the run trains and is tested on
     attack = _make_attack(cfg, dataset.num_classes)
     scheme = "dirichlet" if cfg.partition == "mild" else cfg.partition
     try:
@@ -173,6 +195,7 @@ def build_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
                                      attack.needs_source_holders, seed=derive_seed(cfg.seed, "attackers"))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    check_honest_peer_left(len(attackers), cfg)
     if cfg.poisoned_rounds > 0 and len(attackers) == 0:
         raise ConfigError(f"poisoned_rounds={cfg.poisoned_rounds} averages the attackers' updates, but "
                           f"attacker_ratio={cfg.attacker_ratio} selects no attacker among {cfg.num_peers} peers "
@@ -201,9 +224,23 @@ def build_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
     # data poisoning beyond relabelling (partial/several-pair flips, backdoor images); no-op otherwise
     dataset, peers = attack.poison_data(dataset, peers, attackers, cfg.seed)
     exp = Experiment(cfg, dataset, partition, attackers, attack, defense, model, layout, peers,
-                     device, expected_attackers=expected, data_sizes=clean)
+                     device, expected_attackers=expected, data_sizes=clean, data_record=data)
     exp.trainer = make_trainer(exp)
     return exp
+
+
+def check_subset_sizes(cfg: ExperimentConfig, dataset: FLDataset, data_root: str | Path | None = None) -> None:
+    """Refuse ``train_subset`` / ``test_subset`` larger than the data set's split.
+
+    :meth:`FLDataset.subset` keeps a whole split when asked for more than it holds, so such a run
+    would train on fewer samples than its configuration (and its run id) says.
+    """
+    for name, asked, held in (("train_subset", cfg.train_subset, len(dataset.train_y)),
+                              ("test_subset", cfg.test_subset, len(dataset.test_y))):
+        if asked is not None and asked > held:
+            where = f" (data root {data_root})" if data_root is not None else ""
+            raise ConfigError(f"{name}={asked} asks for more samples than the {held} that {dataset.name}{where} "
+                              f"holds; use {name} <= {held}, or {name}=null for all of them.")
 
 
 def check_batchnorm_batches(cfg: ExperimentConfig, model: torch.nn.Module, sizes: np.ndarray) -> None:
@@ -302,6 +339,8 @@ def _config_record(exp: Experiment) -> dict[str, Any]:
         # which training set the run used (the data root may hold more or less than the config asks)
         "train_samples": exp.data_sizes[0],
         "test_samples": exp.data_sizes[1],
+        # what was read: checked before the run is reused or resumed (not in the run id)
+        "data": exp.data_record,
         "partition_sizes": exp.partition.sizes().tolist(),
         "partition_histogram": exp.partition.histogram.tolist(),
         "num_parameters": exp.layout.dim,
@@ -310,6 +349,7 @@ def _config_record(exp: Experiment) -> dict[str, Any]:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "flhelpers": __version__},
         "torch_num_threads": torch.get_num_threads(),
+        "runtime": runtime_record(exp),  # device, CUDA/cuDNN, precision flags, mode, chunk (not in the run id)
     }
 
 
@@ -338,6 +378,11 @@ def _resume(exp: Experiment, path: Path, run_id: str) -> tuple[_State | None, di
         warnings.warn(f"Resuming run {run_id} with {torch.get_num_threads()} torch threads; it was "
                       f"checkpointed with {state.get('num_threads')}. Float sums may differ in the last "
                       f"digits from an uninterrupted run.", stacklevel=3)
+    problem = resume_problem(state.get("runtime"), resume_key(exp))
+    if problem:
+        raise ConfigError(f"Refusing to resume run {run_id} from its checkpoint under another device or mode "
+                          f"({problem}): its rounds would mix two setups' numbers. Resume it where it started, "
+                          f"or start it afresh with force=True (--force).")
     exp.defense.load_state_dict(state["defense"])
     exp.attack.load_state_dict(state["attack"])
     restore_rng_states(state["rng"])
@@ -358,19 +403,96 @@ def _save(exp: Experiment, path: Path, run_id: str, st: _State) -> None:
         "progress": st.progress.state_dict(),
         "defense": exp.defense.state_dict(), "attack": exp.attack.state_dict(),
         "rng": rng_states(), "fingerprint": fingerprint(exp.partition.indices, exp.attackers),
-        "num_threads": torch.get_num_threads()})
+        "num_threads": torch.get_num_threads(), "runtime": resume_key(exp)})
 
 
 def _public(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k != METRICS_DIGEST}
 
 
-def _reuse(cfg: ExperimentConfig, path: Path, run_id: str) -> RunResult | None:
+class DataMismatchError(ValueError):
+    """A stored run was computed on other data than the data root holds now (same config, same
+    run id): reusing or resuming it would mix two data sets' numbers."""
+
+
+def _recorded_data(path: Path) -> dict[str, Any] | None:
+    """The ``data`` record of the run's ``config.json``; ``None`` for runs written before flhelpers
+    recorded it (nothing to compare) or when the file is unreadable (checked elsewhere)."""
+    try:
+        record = read_json(Path(path) / CONFIG)
+    except (OSError, ValueError):
+        return None
+    data = record.get("data") if isinstance(record, dict) else None
+    return data if isinstance(data, dict) and data else None
+
+
+def _describe_data(record: dict[str, Any]) -> str:
+    files = ", ".join(f"{k} {v:,} B" for k, v in sorted(record.get("source_files", {}).items()))
+    return (f"{record.get('train_samples')} training / {record.get('test_samples')} test samples, training "
+            f"SHA-256 {str(record.get('train_sha256'))[:12]}" + (f"; read from {files}" if files else ""))
+
+
+def check_same_data(run_id: str, path: Path, recorded: dict[str, Any] | None, current: dict[str, Any]) -> None:
+    """Refuse a stored run whose recorded data differs from ``current`` (the data loaded now).
+
+    Compared: the SHA-256 of the training and of the test tensors after subsetting. Runs without a
+    record (written before it existed) pass: there is nothing to compare them with.
+
+    Raises:
+        DataMismatchError: naming both data sets and the fixes.
+    """
+    if not recorded:
+        return
+    if all(recorded.get(k) == current.get(k) for k in ("train_sha256", "test_sha256")):
+        return
+    raise DataMismatchError(
+        f"Run {run_id} in {path} was computed on other data ({_describe_data(recorded)}) than the data root "
+        f"gives now ({_describe_data(current)}); recompute it on this data with force=True (--force), or "
+        f"use another results folder (--results-dir).")
+
+
+def _current_data(cfg: ExperimentConfig, data_root: str | Path | None, dataset: FLDataset | None,
+                  run_id: str) -> dict[str, Any] | None:
+    """:func:`dataset_record` of the data the run would use now, without building the run (the
+    loaders' caches make this cheap in a grid); ``None``, with a warning, when the data cannot
+    be loaded here (a machine holding results only): the stored run is then reused unchecked."""
+    if dataset is None:
+        from flhelpers.data import dataset_options
+        from flhelpers.data import load_dataset as load
+        from flhelpers.data.download import DataCorruptError
+
+        kwargs = dict(cfg.dataset_kwargs)
+        try:  # never download just to check a stored run
+            if "download" in (dataset_options(cfg.dataset) or []):
+                kwargs.setdefault("download", False)
+        except ValueError:  # a data set not registered in this process: loading says so below
+            pass
+        try:
+            dataset = load(cfg.dataset, data_root, **kwargs)
+        except (DataMissingError, DataCorruptError, OSError, ValueError) as exc:  # absent, damaged, unknown here
+            warnings.warn(f"Reusing run {run_id} without checking its data: the data cannot be loaded here "
+                          f"({type(exc).__name__}: {exc}).", stacklevel=4)
+            return None
+    return dataset_record(_subset(cfg, dataset))
+
+
+def _reuse(cfg: ExperimentConfig, path: Path, run_id: str, data_root: str | Path | None = None,
+           dataset: FLDataset | None = None) -> RunResult | None:
+    """The finished run at ``path``, checked (digest, config, data); ``None`` when damaged.
+
+    Raises:
+        DataMismatchError: the run was computed on other data than the data root holds now.
+    """
     try:
         summary, metrics = read_finished_run(path)
     except ValueError as exc:
         warnings.warn(f"Recomputing run {run_id}: {exc}", stacklevel=3)
         return None
+    recorded = _recorded_data(path)
+    if recorded:
+        current = _current_data(cfg, data_root, dataset, run_id)
+        if current is not None:
+            check_same_data(run_id, path, recorded, current)
     remove_checkpoint(path)  # a crash after the summary was written can leave one behind
     return RunResult(run_id, path, _public(summary), metrics, cfg, reused=True, timings=read_timings(path))
 
@@ -379,7 +501,8 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
                    results_dir: str | Path = "results", force: bool = False, progress: bool = True,
                    dataset: FLDataset | None = None, checkpoint_every: int = 1,
                    on_round: Callable[[RoundRecord], None] | None = None,
-                   stop_after: int | None = None) -> RunResult:
+                   stop_after: int | None = None,
+                   after_round: Callable[[Progress], bool] | None = None) -> RunResult:
     """Run (or reuse, or resume) the experiment ``cfg`` and return its results.
 
     * A finished run with this config (its ``summary.json`` exists and matches its
@@ -389,10 +512,23 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
       is the first of them). A finished run recomputed for ``on_round`` starts at round 0.
     * Otherwise the run starts at round 0.
 
+    A finished run recomputed (``force``, ``on_round``) stays in place, readable and reusable,
+    until the new one is complete: the new one is computed in the hidden sibling folder
+    ``runs/.<run-id>.recompute`` and swapped in at the end (:func:`flhelpers.results.publish_run`),
+    so a kill or an error during the recomputation loses nothing. A stored run recorded on other
+    data than the data root holds now (``config.json``'s ``data``: the SHA-256 of the training
+    and test tensors) is neither reused nor resumed (:class:`DataMismatchError`) unless ``force``.
+
+    The run holds ``runs/<run-id>.lock`` while it computes (:func:`flhelpers.results.hold_run`):
+    a second process asked for the same run waits, with a warning naming the holder, and then
+    reuses (or resumes) what the first wrote. A caller that already holds the lock in this
+    thread (``claim_run`` around the call) is not made to wait for itself.
+
     Args:
         cfg: the configuration; its hash is the run id.
         data_root: where the data sets are (argument, else ``$FLHELPERS_DATA``, else ``./data``).
-        results_dir: the results store's root.
+        results_dir: the results store's root (a folder path; ``None``, a file or, for a run to
+            compute, a read-only folder raise a ConfigError before any data is loaded).
         force: recompute from round 0 even when a finished run or a checkpoint exists.
         progress: show a tqdm bar over rounds.
         dataset: an already loaded data set (skips loading).
@@ -400,20 +536,54 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
             ``cfg.eval_every``.
         on_round: called after every aggregation with a :class:`RoundRecord`.
         stop_after: stop after this many rounds (unfinished, checkpointed unless
-            ``checkpoint_every == 0``): for tests and demos.
+            ``checkpoint_every == 0``): for tests and demos. A finished run recomputed so stays
+            finished; the stopped recomputation is in ``runs/.<run-id>.recompute`` (the
+            result's ``path``).
+        after_round: called at the end of every round with the run's :class:`Progress` (metrics
+            rows and timings so far, this round's included); returning True stops the run there,
+            as ``stop_after`` does (a budgeted script writes them out and stops when time is up).
+
+    Raises:
+        DataMismatchError: the stored run was computed on other data (see above).
     """
+    check_results_dir(results_dir, writable=False)  # None, a file: one clear line before the lock
+    run_id = cfg.run_id()
+    path = run_dir(results_dir, run_id)
+    if force or on_round is not None or not is_finished(path):  # a run to compute needs a writable store:
+        check_results_dir(results_dir)  # said before the lock creates runs/ (root may write anywhere)
+    with hold_run(results_dir, run_id):
+        recover_run(path)  # a swap of a recomputed run that a kill interrupted
+        return _run_experiment(cfg, data_root, results_dir, force, progress, dataset, checkpoint_every,
+                               on_round, stop_after, after_round)
+
+
+def _run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
+                    results_dir: str | Path = "results", force: bool = False, progress: bool = True,
+                    dataset: FLDataset | None = None, checkpoint_every: int = 1,
+                    on_round: Callable[[RoundRecord], None] | None = None,
+                    stop_after: int | None = None,
+                    after_round: Callable[[Progress], bool] | None = None) -> RunResult:
+    """:func:`run_experiment` inside the run's lock."""
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every must be an integer >= 0 (0: no checkpoints), got {checkpoint_every!r}.")
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
                                    or stop_after < 1):
         raise ConfigError(f"stop_after must be None or an integer >= 1, got {stop_after!r}.")
+    check_results_dir(results_dir, writable=False)  # None, a file: one clear line before anything else
     run_id = cfg.run_id()
     path = run_dir(results_dir, run_id)
     if is_finished(path) and not force and on_round is None:
-        reused = _reuse(cfg, path, run_id)
+        reused = _reuse(cfg, path, run_id, data_root, dataset)
         if reused is not None:
             return reused
+    check_results_dir(results_dir)  # a run to compute must be writable: say so before loading data
     exp = build_experiment(cfg, data_root, dataset)
+    final = path
+    if is_finished(final):  # recomputed beside the finished run, which stays until the new one is complete
+        path = recompute_dir(final)
+        shutil.rmtree(path, ignore_errors=True)
+    elif not force and (path / CHECKPOINT).is_file():  # resuming: only on the data it started on
+        check_same_data(run_id, path, _recorded_data(path), exp.data_record)
     path.mkdir(parents=True, exist_ok=True)
     remove_temporaries(path)
     (path / SUMMARY).unlink(missing_ok=True)  # from here on the folder holds an unfinished run
@@ -421,7 +591,7 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
         remove_checkpoint(path)
     atomic_write_json(path / CONFIG, _config_record(exp))
 
-    st, extra = (None, {}) if force else _resume(exp, path, run_id)
+    st, extra = (None, {}) if force or path != final else _resume(exp, path, run_id)
     if st is None:
         st = _State(0, flatten_params(exp.model), flatten_buffers(exp.model), Progress())
     is_attacker = exp.is_attacker
@@ -482,7 +652,8 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
                             asr=f"{ev.attack_success_rate:.3f}")
         st.progress.timings.append({"round": r, "train_time": t1 - t0, "aggregation_time": t2 - t1,
                                     "eval_time": eval_time})
-        stopping = stop_after is not None and r + 1 >= stop_after and not last
+        asked = after_round is not None and bool(after_round(st.progress))  # called after the last round too
+        stopping = not last and (asked or (stop_after is not None and r + 1 >= stop_after))
         if checkpoint_every and not last and ((r + 1) % checkpoint_every == 0 or stopping):
             _save(exp, path, run_id, st)
         if stopping:
@@ -491,7 +662,15 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
                              extra={**extra, "unfinished": True, "next_round": r + 1, "experiment": exp},
                              timings=pd.DataFrame(st.progress.timings))
     bar.close()
-    return _finish(exp, path, run_id, st, extra)
+    return _publish(_finish(exp, path, run_id, st, extra), final)
+
+
+def _publish(result: RunResult, final: Path) -> RunResult:
+    """Swap a finished run recomputed in :func:`flhelpers.results.recompute_dir` into its place."""
+    if result.path != final:
+        publish_run(result.path, final)
+        result.path = final
+    return result
 
 
 def _finish(exp: Experiment, path: Path, run_id: str, st: _State, extra: dict[str, Any]) -> RunResult:

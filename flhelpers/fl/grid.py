@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from flhelpers.config import ExperimentConfig, validate_config
-from flhelpers.results import is_finished, read_json, run_dir
+from flhelpers.results import check_results_dir, is_finished, read_json, run_dir
 
 #: the columns of a run's summary that tables and figures use
 SUMMARY_METRICS = ("test_loss", "accuracy", "source_accuracy", "attack_success_rate", "source_accuracy_cv",
@@ -118,7 +118,10 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
                          "many runs share a node.")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive integer, got {threads!r}.")
+    check_results_dir(results_dir, writable=False)
     pending = [i for i, c in enumerate(configs) if force or not is_finished(run_dir(results_dir, ids[i]))]
+    if pending:
+        check_results_dir(results_dir)  # runs to compute: the store must be writable, said before any training
     local_threads = DEFAULT_THREADS if threads is None else threads
     ray_options = None
     if executor == "ray":

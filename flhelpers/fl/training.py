@@ -79,7 +79,9 @@ def peer_update(model: nn.Module, cfg: ExperimentConfig, dataset: FLDataset, pee
     torch.manual_seed(derive_seed(cfg.seed, "dropout", round_, peer.peer_id))
     x_all, idx, y_all = dataset.train_x, peer.indices, peer.labels
     for epoch in range(cfg.local_epochs):
-        order = batch_order(cfg, peer, round_, epoch)
+        # drawn on the CPU (the same numbers on every device), moved once an epoch: indexing
+        # device tensors with a CPU permutation would copy it at every step
+        order = batch_order(cfg, peer, round_, epoch).to(idx.device)
         for step in range(batches_per_epoch(cfg, len(order))):
             pos = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             xb = dataset.prepare(x_all[idx[pos]].to(device, non_blocking=True))

@@ -30,9 +30,12 @@ returning ``W_k^{t+1} - W^t``), but for a chunk of ``C`` peers at once:
 * ``nn.LSTM`` (whose fused kernel has no vmap rule) runs as :func:`lstm_forward`, a plain
   LSTM recurrence with both directions in one batched matrix product per time step.
 
-Peers are processed in chunks of ``peers_per_step`` (by default as many as fit in half of
-the free memory, :meth:`VectorizedTrainer.memory_per_peer`). Peers are sorted by their step
-count first, so that a chunk's peers finish together.
+Peers are processed in chunks of ``peers_per_step`` (``ExperimentConfig.peers_per_step``; by
+default as many as fit in half of the device's *total* memory, :meth:`VectorizedTrainer.memory_chunk`,
+chosen once per run: the chunk changes the float rounding, so it must not follow the memory free
+at the moment). Peers are sorted by their step count first, so that a chunk's peers finish together.
+A step's dropout masks are drawn for all peers of a group into one host buffer and copied to the
+device in one transfer (:func:`draw_step_masks`).
 
 ``backend="auto"`` (:func:`backend_decision`) picks sequential on the CPU (measured: a peer's
 step is compute-bound there, the loop is within a few percent of the limit, and the vmapped step
@@ -47,7 +50,6 @@ import math
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -59,6 +61,7 @@ from torch.overrides import TorchFunctionMode
 
 from flhelpers.config import ExperimentConfig
 from flhelpers.data.base import FLDataset
+from flhelpers.fl.device import total_memory_bytes
 from flhelpers.seeding import torch_generator
 from flhelpers.fl.training import PeerData, batch_order, batches_per_epoch, training_autocast
 
@@ -75,6 +78,7 @@ __all__ = [
     "backend_decision",
     "build_schedule",
     "draw_dropout_mask",
+    "draw_step_masks",
     "inspect_model",
     "lstm_forward",
     "make_vectorized_trainer",
@@ -128,6 +132,47 @@ def draw_dropout_mask(call: DropoutCall, batch: int, generator: torch.Generator)
         return torch.ones(shape, dtype=call.dtype)
     noise = torch.empty(shape, dtype=call.dtype).bernoulli_(1.0 - call.p, generator=generator)
     return noise.div_(1.0 - call.p)
+
+
+def _mask_shape(call: DropoutCall, batch: int) -> tuple[int, ...]:
+    shape = (batch, *call.tail)
+    return shape[:2] + (1,) * (len(shape) - 2) if call.feature else shape
+
+
+def draw_step_masks(calls: Sequence[DropoutCall], batches: Sequence[int], width: int,
+                    generators: Sequence[torch.Generator], device: torch.device | str) -> list[torch.Tensor]:
+    """One lockstep step's dropout masks for a group of peers, one ``(P, width, ...)`` tensor per call.
+
+    Row ``i`` holds, for its first ``batches[i]`` samples, exactly the mask
+    :func:`draw_dropout_mask` draws from ``generators[i]`` (each peer draws its calls in the
+    model's order, as the sequential loop does), and zeros on the padding. All masks are drawn
+    into one host buffer (pinned for CUDA) and reach ``device`` in one copy, not one small
+    blocking copy per call and peer.
+    """
+    if not calls:
+        return []
+    dev = torch.device(device)
+    shapes = [(len(batches), *_mask_shape(call, width)) for call in calls]
+    sizes = [math.prod(shape) for shape in shapes]
+    # one dtype that holds every call's mask exactly (a float32 one copied into float64 and back is unchanged)
+    dtypes = {call.dtype for call in calls}
+    dtype = dtypes.pop() if len(dtypes) == 1 else (torch.float64 if torch.float64 in dtypes else torch.float32)
+    buffer = torch.zeros(sum(sizes), dtype=dtype, pin_memory=dev.type == "cuda" and torch.cuda.is_available())
+    blocks = [flat.view(shape) for flat, shape in zip(buffer.split(sizes), shapes)]
+    for i, (batch, gen) in enumerate(zip(batches, generators)):
+        for call, block in zip(calls, blocks):
+            if batch == 0 or call.p >= 1.0:
+                continue  # no samples, or p = 1: zeros without a draw
+            rows = block[i, :batch]
+            if call.p <= 0.0:
+                rows.fill_(1.0)
+            elif rows.dtype == call.dtype:
+                rows.bernoulli_(1.0 - call.p, generator=gen).div_(1.0 - call.p)
+            else:
+                rows.copy_(draw_dropout_mask(call, batch, gen))
+    if dev.type != "cpu":
+        blocks = [flat.view(shape) for flat, shape in zip(buffer.to(dev, non_blocking=True).split(sizes), shapes)]
+    return [block.to(call.dtype) for block, call in zip(blocks, calls)]
 
 
 def _dropout_args(args: tuple, kwargs: dict) -> tuple[torch.Tensor, float, bool]:
@@ -471,19 +516,6 @@ def make_batched_optimizer(cfg: ExperimentConfig) -> BatchedSGD | BatchedAdam:
 # The trainer
 # --------------------------------------------------------------------------------------------
 
-def free_memory_bytes(device: torch.device) -> int:
-    """Free memory: ``torch.cuda.mem_get_info`` on CUDA, ``MemAvailable`` on the CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 * 2**30
-
-
 class VectorizedTrainer:
     """Train chunks of peers in lockstep; same interface as ``SequentialTrainer``.
 
@@ -493,7 +525,8 @@ class VectorizedTrainer:
         cfg: the experiment configuration (optimizer, ``lr``, ``B``, ``E``, seed, loss).
         dataset: the in-memory data set (on ``device``).
         device: where the peers train.
-        peers_per_step: chunk size ``C``; ``None`` chooses it from free memory.
+        peers_per_step: chunk size ``C``; ``None`` chooses it once, here, from the device's total
+            memory (:meth:`memory_chunk`); the attribute holds the value used.
         traits: the model's :class:`ModelTraits` (inspected when ``None``).
     """
 
@@ -507,7 +540,6 @@ class VectorizedTrainer:
             raise ValueError(f"peers_per_step must be a positive integer or None, got {peers_per_step!r}.")
         self.model, self.cfg, self.dataset = model, cfg, dataset
         self.device = torch.device(device)
-        self.peers_per_step = peers_per_step
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.param_names = [n for n, _ in named]
         self.param_shapes = [tuple(p.shape) for _, p in named]
@@ -523,6 +555,8 @@ class VectorizedTrainer:
         # under bfloat16 autocast, vmap's BatchNorm rule needs a float32 input (_BatchNormUpcast)
         self._upcast_batchnorm = cfg.precision != "float32" and traits.has_batchnorm
         self._grad = vmap(grad(self._peer_loss, has_aux=True))
+        # the chunk, fixed for the run: given, or chosen now from the total memory (needs the traits)
+        self.peers_per_step: int = peers_per_step if peers_per_step is not None else self.memory_chunk()
 
     # -- one peer's loss, written for a single peer and batched by vmap ----------------------
     def _peer_loss(self, p_flat: torch.Tensor, fbuf_flat: torch.Tensor, ibufs: dict[str, torch.Tensor],
@@ -564,12 +598,15 @@ class VectorizedTrainer:
         act = 5 * self.traits.saved_bytes_per_sample * self.cfg.batch_size
         return int(size * (copies * dim + 2 * nbuf) + act)
 
+    def memory_chunk(self) -> int:
+        """The default chunk: as many peers as :meth:`memory_per_peer` fits in half of the device's
+        total memory (never the free memory, which varies from round to round and would change
+        the numbers with it)."""
+        return max(int(0.5 * total_memory_bytes(self.device) // max(self.memory_per_peer(), 1)), 1)
+
     def chunk_size(self, num_peers: int) -> int:
-        """``peers_per_step`` if set, else as many peers as fit in half the free memory."""
-        if self.peers_per_step is not None:
-            return min(self.peers_per_step, max(num_peers, 1))
-        fit = int(0.5 * free_memory_bytes(self.device) // max(self.memory_per_peer(), 1))
-        return int(min(max(fit, 1), max(num_peers, 1)))
+        """``peers_per_step`` (given, or :meth:`memory_chunk` chosen at construction), at most ``num_peers``."""
+        return min(self.peers_per_step, max(num_peers, 1))
 
     # -- a round -------------------------------------------------------------------------------
     def train_round(self, peers: list[PeerData], global_params: torch.Tensor,
@@ -649,8 +686,8 @@ class VectorizedTrainer:
         x = self.dataset.prepare(x.flatten(0, 1)).unflatten(0, (len(rows), width))
         y = sub(labels).gather(1, safe)
         w = valid.to(params.dtype) / valid.sum(dim=1, keepdim=True).clamp(min=1)
-        masks = [torch.stack([self._padded_mask(call, int(sizes[r]), width, gens[r]) for r in rows]).to(
-            self.device, non_blocking=True) for call in self.traits.dropout]
+        masks = draw_step_masks(self.traits.dropout, [int(sizes[r]) for r in rows], width,
+                                [gens[r] for r in rows] if gens else [], self.device)
         g, (fb, ib) = self._grad(sub(params), sub(fbufs), {n: sub(v) for n, v in ibufs.items()},
                                  x, y, w, masks)
         if rows_dev is None:
@@ -662,13 +699,6 @@ class VectorizedTrainer:
             for n, v in ib.items():
                 ibufs[n].index_copy_(0, rows_dev, v)
         return g
-
-    @staticmethod
-    def _padded_mask(call: DropoutCall, batch: int, width: int, gen: torch.Generator) -> torch.Tensor:
-        mask = draw_dropout_mask(call, batch, gen)
-        if batch < width:
-            mask = torch.cat([mask, mask.new_zeros((width - batch, *mask.shape[1:]))])
-        return mask
 
     def check(self) -> None:
         """One tiny lockstep step (2 peers, 2 samples) to prove the model runs under vmap."""
@@ -740,8 +770,8 @@ def make_vectorized_trainer(exp: Any, strict: bool) -> VectorizedTrainer | None:
     With ``strict`` (``backend='vectorized'``) an unsupported model raises
     :class:`VectorizedUnsupported`; otherwise (``auto``) the choice of :func:`backend_decision`
     is logged, and a fallback from an unsupported model also warns. The reason is left in
-    ``exp.backend_reason`` for the run record. ``exp.config.peers_per_step`` (if the config has
-    that field) sets the chunk size.
+    ``exp.backend_reason`` for the run record. ``exp.config.peers_per_step`` sets the chunk size
+    (None: chosen once from the device's total memory).
     """
     cfg = exp.config
     if not strict:
@@ -752,7 +782,7 @@ def make_vectorized_trainer(exp: Any, strict: bool) -> VectorizedTrainer | None:
             return None
     try:
         trainer = VectorizedTrainer(exp.model, cfg, exp.dataset, exp.device,
-                                    peers_per_step=getattr(cfg, "peers_per_step", None))
+                                    peers_per_step=cfg.peers_per_step)
         trainer.check()
     except Exception as e:  # noqa: BLE001 - any failure means: this model cannot be vectorized
         reason = f"{type(e).__name__}: {e}"

@@ -10,7 +10,7 @@ benchmark          a flhelpers benchmark (``mnist-iid``, ``cifar10-mild``, ...) 
 profile            its profile (``quick``, ``medium``, ``paper``)                   quick
 defense            the server's rule (any registered flhelpers defense)             lfighter
 defense-args       the rule's keyword arguments, JSON                               ``{}``
-attacker-ratio     share of the clients that flip labels (source -> target class)   0.3
+attacker-ratio     share of the clients that attack (set's attack; default: flip)   0.3
 num-clients        clients in the federation (must equal the supernodes)            10
 num-server-rounds  rounds                                                           3
 seed               seeds the split, the flippers, the model and every batch         0
@@ -29,7 +29,19 @@ with its local model and the metrics ``num-examples``, ``partition-id`` and ``fl
 label flipper: simulation ground truth, so the server's round metrics show the share of
 accepted examples that came from flippers). The server runs :func:`robust_strategy` with the
 rule and evaluates the global model centrally after each round (accuracy, source-class accuracy,
-attack success rate).
+attack success rate, and the attack's own metrics: per-pair Src-Acc/ASR, backdoor ASR).
+
+Attacks (``set``'s ``attack`` and ``attack_kwargs``): a client runs the round hooks of the
+simulator's :func:`flhelpers.fl.engine.train_attacked_round` on its own peer
+(:func:`client_update`): :meth:`~flhelpers.attacks.base.Attack.round_peers` decides what it
+trains this round (a ``timed-flip`` attacker sitting a round out trains on its clean data,
+``camouflage-flip`` adds a clean twin) and :meth:`~flhelpers.attacks.base.Attack.merge_round`
+makes the row it sends (the camouflaged output layer, the backdoor's boost). Every attack whose
+hooks decide peer by peer (the label flip and all the data-poisoning attacks) therefore runs as
+in the simulator. An attack that rewrites the round's whole update matrix
+(:meth:`~flhelpers.attacks.base.Attack.poison_updates`: ``alie``, ``ipm``, ``gaussian-noise``)
+needs every client's update, which no Flower client sees, and is refused by name
+(:func:`check_flower_attack`), as is ``poisoned_rounds`` (the server's FedAvg over the attackers).
 """
 
 from __future__ import annotations
@@ -47,10 +59,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 from flwr.common.logger import log
 
+from flhelpers.attacks.base import Attack
 from flhelpers.config import ConfigError, ExperimentConfig, benchmark_config, validate_config
 from flhelpers.flower.strategy import robust_strategy
-from flhelpers.metrics import evaluate
-from flhelpers.params import flatten_buffers, flatten_params
+from flhelpers.metrics import attack_metrics, evaluate
+from flhelpers.params import flatten_buffers, flatten_params, load_flat_buffers, load_flat_params
 from flhelpers.results import atomic_write_json
 from flhelpers.fl.training import peer_update
 from flhelpers.models import loss_fn, predict
@@ -84,7 +97,27 @@ def experiment_config(run_config: Mapping[str, Any]) -> ExperimentConfig:
         attacker_ratio=float(get("attacker-ratio")), num_peers=int(get("num-clients")),
         rounds=int(get("num-server-rounds")), seed=int(get("seed")), **settings)
     validate_config(cfg)
+    if cfg.poisoned_rounds:
+        raise ConfigError(f"poisoned_rounds={cfg.poisoned_rounds} (the server averaging the attackers' updates "
+                          f"alone) is a simulator option the Flower apps do not run; remove it from 'set' or "
+                          f"run the config with `flhelpers run`.")
     return cfg
+
+
+def check_flower_attack(attack: Attack, cfg: ExperimentConfig) -> None:
+    """Refuse an attack the Flower apps cannot run as the simulator does.
+
+    A client sees only its own update, so it can run the per-peer hooks ``round_peers`` and
+    ``merge_round`` (module docstring) but not ``poison_updates``, which rewrites the attackers'
+    rows from the whole ``K x D`` matrix of the round (the omniscient model-poisoning attacks).
+    Any attack that overrides it is refused by name, before any round.
+    """
+    if type(attack).poison_updates is not Attack.poison_updates:
+        raise ConfigError(f"The attack {cfg.attack!r} rewrites the round's updates from every peer's update "
+                          f"(poison_updates), which no Flower client sees, so the Flower apps cannot run it as "
+                          f"the simulator does; run it with `flhelpers run`, or choose an attack that acts on "
+                          f"each peer's own data (label_flip, timed-flip, partial-flip, multi-pair-flip, "
+                          f"camouflage-flip, backdoor).")
 
 
 @functools.lru_cache(maxsize=4)
@@ -99,7 +132,9 @@ def federation(run_config: Mapping[str, Any]) -> Any:
     built once per process (a Flower simulation reuses its client processes across rounds)."""
     cfg = experiment_config(run_config)
     root = str(run_config.get("data-root", "")) or None
-    return _experiment(json.dumps(cfg.to_dict(), sort_keys=True), root)
+    exp = _experiment(json.dumps(cfg.to_dict(), sort_keys=True), root)
+    check_flower_attack(exp.attack, cfg)
+    return exp
 
 
 def _peer(context: Context) -> tuple[ExperimentConfig, Any, int]:
@@ -112,15 +147,44 @@ def _peer(context: Context) -> tuple[ExperimentConfig, Any, int]:
     return cfg, federation(context.run_config), k
 
 
+def client_update(exp: Any, k: int, round_: int) -> None:
+    """Peer ``k``'s round as the simulator runs it (:func:`flhelpers.fl.engine.train_attacked_round`
+    for one peer), from the global model in ``exp.model``; leaves the model it sends in ``exp.model``.
+
+    The attack's ``round_peers([peer_k], t)`` lists the data to train (``peer_k``'s own, its
+    clean data when it sits the round out, plus extra trainings such as a clean twin), each
+    trained from ``W^t`` by :func:`~flhelpers.fl.training.peer_update`; ``merge_round`` turns the
+    rows ``u_i = W_i - W^t`` into the row ``u_k`` sent, and the client sends ``W^t + u_k``. When
+    the row sent is the one trained (no attack hook changed it) the trained model is sent as it
+    is, bit for bit.
+    """
+    cfg = exp.config
+    global_params, global_buffers = flatten_params(exp.model), flatten_buffers(exp.model)
+    peer = exp.peers[k]
+    trained = exp.attack.round_peers([peer], round_)
+    rows, buffers = [], []
+    for data in trained:  # each leaves its local model W_i in exp.model
+        u, b = peer_update(exp.model, cfg, exp.dataset, data, global_params, global_buffers, round_, exp.device)
+        rows.append(u)
+        buffers.append(b)
+    sent, sent_buffers = exp.attack.merge_round(torch.stack(rows), torch.stack(buffers), [peer], round_,
+                                                exp.layout)
+    if len(trained) == 1 and torch.equal(sent[0], rows[0]) and torch.equal(sent_buffers[0], buffers[0]):
+        return  # exp.model holds W_k^{t+1} as trained
+    load_flat_params(exp.model, global_params + sent[0])
+    if sent_buffers.shape[1]:
+        load_flat_buffers(exp.model, sent_buffers[0])
+
+
 def train_reply(msg: Message, context: Context) -> Message:
-    """A client's round: our peer's local training from the received global model."""
+    """A client's round: our peer's local training (with the attack's per-peer hooks, as in the
+    simulator: :func:`client_update`) from the received global model."""
     cfg, exp, k = _peer(context)
     arrays = next(iter(msg.content.array_records.values()))
     exp.model.load_state_dict(arrays.to_torch_state_dict())
     round_ = int(next(iter(msg.content.config_records.values()))["server-round"]) - 1
     peer = exp.peers[k]
-    peer_update(exp.model, cfg, exp.dataset, peer, flatten_params(exp.model), flatten_buffers(exp.model), round_,
-                exp.device)  # leaves the local model W_k^{t+1} in exp.model
+    client_update(exp, k, round_)  # leaves the local model W_k^{t+1} in exp.model
     metrics = MetricRecord({"num-examples": int(peer.num_samples), "partition-id": k,
                             "flipper": int(k in set(exp.attackers.tolist()))})
     return Message(RecordDict({"arrays": ArrayRecord(exp.model.state_dict()), "metrics": metrics}), reply_to=msg)
@@ -135,7 +199,7 @@ def evaluate_reply(msg: Message, context: Context) -> Message:
     x, y = exp.dataset.test_x[k::cfg.num_peers], exp.dataset.test_y[k::cfg.num_peers]
     logits = exp.model(exp.dataset.prepare(x.to(exp.device)))
     loss = float(loss_fn(cfg.loss, logits, y.to(exp.device)))
-    accuracy = float((predict(cfg.loss, logits).cpu() == y).float().mean()) if len(y) else float("nan")
+    accuracy = float((predict(cfg.loss, logits) == y.to(logits.device)).float().mean()) if len(y) else float("nan")
     metrics = MetricRecord({"eval-loss": loss, "eval-acc": accuracy, "num-examples": int(len(y))})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
@@ -164,8 +228,10 @@ def run_server(grid: Grid, context: Context) -> Result:
         exp.model.load_state_dict(arrays.to_torch_state_dict())
         ev = evaluate(exp.model, exp.dataset, cfg.loss, cfg.source_class, cfg.target_class, cfg.eval_batch_size,
                       exp.device)
+        extra = attack_metrics(exp.model, exp.dataset, exp.attack, cfg.loss, cfg.eval_batch_size, exp.device)
         return MetricRecord({"test-loss": ev.test_loss, "accuracy": ev.accuracy,
-                             "source-accuracy": ev.source_accuracy, "attack-success-rate": ev.attack_success_rate})
+                             "source-accuracy": ev.source_accuracy, "attack-success-rate": ev.attack_success_rate,
+                             **{k.replace("_", "-"): float(v) for k, v in extra.items()}})
 
     log(INFO, "flhelpers: %s, %d clients, flippers %s (%d -> %d), rule %s", cfg.benchmark, cfg.num_peers, flippers,
         cfg.source_class, cfg.target_class, cfg.defense)
@@ -191,5 +257,5 @@ def make_server_app() -> ServerApp:
     return app
 
 
-__all__ = ["DEFAULTS", "evaluate_reply", "experiment_config", "federation", "make_client_app", "make_server_app",
+__all__ = ["DEFAULTS", "check_flower_attack", "client_update", "evaluate_reply", "experiment_config", "federation", "make_client_app", "make_server_app",
            "run_server", "train_reply"]

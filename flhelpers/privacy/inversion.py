@@ -156,7 +156,8 @@ def recover_labels(output_bias_gradient: torch.Tensor, num_images: int,
         raise ValueError(f"num_images must be >= 1, got {num_images}.")
     if num_images == 1:
         return g.argmin().reshape(1)
-    p = torch.full((c,), 1.0 / c, dtype=torch.float64) if mean_probs is None else mean_probs.detach().double()
+    p = (torch.full((c,), 1.0 / c, dtype=torch.float64, device=g.device) if mean_probs is None
+         else mean_probs.detach().double().to(g.device))
     est = (num_images * (p - g)).clamp(min=0)
     counts = est.floor()
     rem = est - counts
@@ -168,7 +169,7 @@ def recover_labels(output_bias_gradient: torch.Tensor, num_images: int,
         # remove from the class whose estimate is least supported
         candidates = torch.where(counts > 0, est - counts + 1, torch.full_like(est, float("inf")))
         counts[int(candidates.argmin())] -= 1
-    return torch.repeat_interleave(torch.arange(c), counts.long())
+    return torch.repeat_interleave(torch.arange(c, device=counts.device), counts.long())
 
 
 def label_recovery_rate(recovered: torch.Tensor, truth: torch.Tensor) -> float:

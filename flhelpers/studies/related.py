@@ -17,11 +17,13 @@ below say how). Tables are tidy frames the plots of :mod:`flhelpers.plots.relate
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from flhelpers.config import ExperimentConfig, benchmark_config
 from flhelpers.metrics.detection import attacker_selected_rounds, overall_detection
@@ -234,6 +236,27 @@ def run_table(configs: list[ExperimentConfig], results_dir: str | Path, last: in
     return pd.DataFrame(rows)
 
 
+def _small_copy(t: Any) -> Any:
+    """A host copy of a small (``(K,)``) tensor, so that it holds no storage it was cut from."""
+    return t.detach().cpu().clone() if isinstance(t, torch.Tensor) else t
+
+
+def light_record(rec: Any) -> Any:
+    """What the traces read of a :class:`~flhelpers.fl.engine.RoundRecord` (round, peers, verdict,
+    weights, the rule's ``info``), as copies: its update matrix becomes an empty ``(0, D)``
+    tensor, the aggregate ``(0,)`` and the context's global parameters ``None``.
+
+    ``rec.updates[:0]`` would be a view holding the whole ``K x D`` storage alive, and the
+    aggregate and ``W^t`` are ``D`` values each: about 0.9 GB a round kept for ResNet18.
+    """
+    res = rec.result
+    result = dataclasses.replace(res, update=torch.empty(0, dtype=res.update.dtype), accepted=_small_copy(res.accepted),
+                                 weights=_small_copy(res.weights), buffer_weights=_small_copy(res.buffer_weights))
+    return rec.__class__(rec.round, np.array(rec.peer_ids, copy=True), np.array(rec.is_attacker, copy=True),
+                         torch.empty(0, rec.updates.shape[1], dtype=rec.updates.dtype), result,
+                         dataclasses.replace(rec.context, global_params=None), rec.discarded)
+
+
 def _rerun(cfg: ExperimentConfig, data_root: str | Path | None) -> tuple[list[Any], np.ndarray]:
     """Run ``cfg`` again in a temporary results store, keeping every round's
     :class:`~flhelpers.fl.engine.RoundRecord` (without its update matrix); also return the attackers' ids."""
@@ -242,14 +265,9 @@ def _rerun(cfg: ExperimentConfig, data_root: str | Path | None) -> tuple[list[An
     from flhelpers.fl.engine import run_experiment
 
     records: list[Any] = []
-
-    def keep(rec: Any) -> None:
-        records.append(rec.__class__(rec.round, rec.peer_ids, rec.is_attacker, rec.updates[:0], rec.result,
-                                     rec.context, rec.discarded))
-
     with tempfile.TemporaryDirectory() as tmp:
-        res = run_experiment(cfg, data_root=data_root, results_dir=tmp, progress=False, on_round=keep,
-                             checkpoint_every=0)
+        res = run_experiment(cfg, data_root=data_root, results_dir=tmp, progress=False,
+                             on_round=lambda rec: records.append(light_record(rec)), checkpoint_every=0)
     return records, np.asarray(res.extra["experiment"].attackers, dtype=np.int64)
 
 
@@ -340,4 +358,4 @@ def ffl_curves(table: pd.DataFrame) -> pd.DataFrame:
 
 __all__ = ["FFL_QUICK_RULES", "FFL_RULES", "KRUM_PAPER_COUNTS", "KRUM_QUICK_COUNTS", "UE_EPSILONS", "UE_RATIOS", "attacker_count",
            "elimination_grid", "elimination_trace", "ffl_curves", "ffl_grid", "ffl_trace", "krum_ipm_grid",
-           "last_rounds", "round_table", "run_table", "run_tables", "with_seeds"]
+           "last_rounds", "light_record", "round_table", "run_table", "run_tables", "with_seeds"]
