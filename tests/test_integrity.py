@@ -221,8 +221,8 @@ SLOW_RUN = textwrap.dedent("""
         time.sleep(float(sys.argv[5]))
         return train(*args, **kwargs)
     engine.train_attacked_round = slow
-    import flhelpers.results
-    flhelpers.results.LOCK_POLL_S = 0.2
+    import flhelpers.results.locks
+    flhelpers.results.locks.LOCK_POLL_S = 0.2
     cfg = ExperimentConfig.from_dict(json.loads(sys.argv[1]))
     res = engine.run_experiment(cfg, data_root=sys.argv[2], results_dir=sys.argv[3], progress=False,
                                 force=sys.argv[4] == "force")

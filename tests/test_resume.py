@@ -216,7 +216,7 @@ def test_crash_between_temporary_write_and_rename_keeps_previous_state(tmp_path,
         assert Path(src).read_bytes()  # the new contents were written and flushed
         raise OSError("injected crash before the rename")
 
-    monkeypatch.setattr("flhelpers.results.os.replace", crash)
+    monkeypatch.setattr("flhelpers.results.files.os.replace", crash)
     with pytest.raises(OSError, match="injected"):
         atomic_write_csv(target, pd.DataFrame({"round": [0, 1], "accuracy": [0.5, 0.6]}))
     with pytest.raises(OSError, match="injected"):
@@ -231,12 +231,12 @@ def test_crash_between_temporary_write_and_rename_keeps_previous_state(tmp_path,
 
 
 KILLED_WRITE = textwrap.dedent("""
-    import importlib.util, json, os, signal, sys
+    import importlib.util, json, os, pathlib, signal, sys
     import pandas as pd
-    spec = importlib.util.spec_from_file_location("results", sys.argv[2])  # no torch import: faster
+    spec = importlib.util.spec_from_file_location("files", sys.argv[2])  # no torch import: faster
     results = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(results)
-    path = results.run_dir(sys.argv[1], sys.argv[3])  # the run id of the config below
+    path = pathlib.Path(sys.argv[1], "runs", sys.argv[3])  # the run id of the config below
     results.atomic_write_json(path / "config.json", {"config": json.loads(sys.argv[4])})
     text = results.csv_text(pd.DataFrame({"round": [0, 1], "accuracy": [0.25, 0.5]}))
     results.atomic_write_text(path / "metrics.csv", text)
@@ -247,11 +247,11 @@ KILLED_WRITE = textwrap.dedent("""
 
 
 def test_sigkill_between_write_and_rename_leaves_a_readable_store(tmp_path):
-    import flhelpers.results
+    import flhelpers.results.files
     from flhelpers.config import ExperimentConfig
 
     cfg = ExperimentConfig(seed=0, defense="median")  # config.json must hash to the folder's run id
-    out = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(tmp_path), flhelpers.results.__file__,
+    out = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(tmp_path), flhelpers.results.files.__file__,
                           cfg.run_id(), json.dumps(cfg.to_dict())], capture_output=True, timeout=120)
     assert out.returncode == -signal.SIGKILL, out.stderr.decode()[-2000:]
     path = tmp_path / "runs" / cfg.run_id()

@@ -1,51 +1,50 @@
-"""The results store: ``<results_dir>/runs/<run-id>/``.
-
-* ``config.json``: the fully resolved configuration, the seed, the attackers, the versions of
-  python, torch and flhelpers, and torch's CPU thread count.
-* ``metrics.csv``: one row per evaluated round (tidy; pandas reads it directly). Only
-  deterministic numbers: the same config and seed give a byte-identical file in two processes
-  on the same CPU machine and thread count, and after a kill and resume.
-* ``timings.csv``: one row per round with the wall times (``train_time``, ``aggregation_time``,
-  ``eval_time``, seconds); these differ from run to run, so they live apart from the metrics.
-* ``summary.json``: the run summary (:func:`flhelpers.metrics.summarize`) plus the SHA-256 of
-  ``metrics.csv``; written last, so its presence marks a finished run.
-* ``checkpoint.pt``: the latest checkpoint of an unfinished run (:mod:`flhelpers.fl.checkpoint`).
-
-Every file is written atomically: a temporary file in the same folder, flush, fsync, rename
-(``os.replace``), fsync of the folder. A crash or a SIGKILL at any point leaves either the old
-file or the new one, never a truncated one; at worst a stray ``.<name>.*.tmp`` file, which no
-loader reads and the next run of that config removes. A run folder without ``summary.json``
-(metrics.csv written at a checkpoint, then a crash) is *unfinished* and never loads as finished.
+"""The run store's layout, ``<results_dir>/runs/<run-id>/``, and reading finished runs back.
 
 Run ids are checked so that no id (``..``, ``/``, an absolute path, a symlink) can place files
-outside ``<results_dir>/runs``. A finished run is read only if its ``config.json`` still hashes
+outside ``<results_dir>/runs`` (:func:`run_dir`); :func:`check_results_dir` and
+:func:`check_output_file` refuse, in one line, a place nothing can be written to. A finished run
+(one with ``summary.json``, :func:`is_finished`) is read only if its ``config.json`` still hashes
 to the folder's run id and its summary holds the digest of ``metrics.csv``
-(:func:`read_finished_run`), so hand edits do not pass for the run.
-
-``runs/<run-id>.lock`` (holder's pid and host) marks a run being computed (:func:`claim_run`,
-:func:`hold_run`); ``runs/.<run-id>.recompute`` holds the recomputation of a finished run until it
-is complete and swapped in (:func:`publish_run`, :func:`recover_run`).
+(:func:`read_finished_run`), so hand edits do not pass for the run; :func:`load_results` reads
+every run of a store into one table. A finished run is recomputed in the hidden sibling
+:func:`recompute_dir` and swapped in when complete (:func:`publish_run`, :func:`recover_run`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import hashlib
 import io
 import json
 import os
 import re
 import shutil
-import socket
-import tempfile
-import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import pandas as pd
+
+from flhelpers.results.files import _fsync_dir, read_json, sha256_text
+
+__all__ = [
+    "CONFIG",
+    "METRICS",
+    "METRICS_DIGEST",
+    "SUMMARY",
+    "TIMINGS",
+    "check_output_file",
+    "check_results_dir",
+    "finished_metrics",
+    "is_finished",
+    "load_results",
+    "publish_run",
+    "read_finished_run",
+    "read_run_record",
+    "read_timings",
+    "recompute_dir",
+    "recover_run",
+    "run_dir",
+    "train_samples",
+]
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -55,111 +54,9 @@ TIMINGS = "timings.csv"
 SUMMARY = "summary.json"
 #: summary.json key holding the SHA-256 of metrics.csv (not a metric; dropped by load_results)
 METRICS_DIGEST = "metrics_sha256"
-_TMP_GLOB = ".*.tmp"
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def current_umask() -> int:
-    """The process's file-creation mask (read from ``/proc`` where it can, so no thread sees it
-    change; else set and restored at once)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename.
-
-    Readers see the old contents or the new ones, never a mix; if anything fails before the
-    rename, the temporary file is removed and the old file is untouched. The file gets the mode
-    a plain ``open(path, "w")`` would give (``0o666`` less the umask, usually ``0o644``), not the
-    temporary file's private ``0o600``, so others sharing a results store can read it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def append_csv_row(path: str | Path, columns: Sequence[str], row: dict[str, Any]) -> None:
-    """Append ``row`` to the CSV at ``path`` (header ``columns`` written when the file is new):
-    per-round records that survive a stopped and resumed run."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.is_file()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """:func:`atomic_write_bytes` of UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
-    """:func:`atomic_write_bytes` of indented JSON (keys sorted unless ``sort_keys=False``)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n")
-
-
-def csv_text(frame: pd.DataFrame) -> str:
-    """The CSV text flhelpers writes for ``frame`` (no index; floats as their shortest repr)."""
-    return frame.to_csv(index=False, lineterminator="\n")
-
-
-def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
-    """:func:`atomic_write_bytes` of ``frame`` as CSV."""
-    atomic_write_text(path, csv_text(frame))
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if hasattr(o, "item"):
-        return o.item()
-    return str(o)
-
-
-def sha256_text(text: str) -> str:
-    """Hex SHA-256 of UTF-8 text."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+# ----------------------------------------------------------------------------- where things go
 
 
 def run_dir(results_dir: str | os.PathLike, run_id: str) -> Path:
@@ -241,6 +138,9 @@ def is_finished(path: Path) -> bool:
     return (Path(path) / SUMMARY).is_file()
 
 
+# ----------------------------------------------------------------------------- recomputing a finished run
+
+
 def recompute_dir(path: Path) -> Path:
     """Where the finished run at ``path`` is recomputed (``force``, ``on_round``) until the new
     result is complete: the hidden sibling ``runs/.<run-id>.recompute``, which no loader reads,
@@ -288,166 +188,7 @@ def recover_run(path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-#: the run locks this process holds: lock path -> (pid, thread id) of the holder, so that
-#: :func:`hold_run` inside a :func:`claim_run` block of the same thread does not wait for itself
-_HELD: dict[str, tuple[int, int]] = {}
-_HELD_GUARD = threading.Lock()
-#: seconds between two looks at a lock another process holds (:func:`hold_run`)
-LOCK_POLL_S = 2.0
-#: a lock file still naming no holder after this many seconds was made by an older flhelpers
-#: (or by hand): its holder cannot be checked (:func:`hold_run`)
-LOCK_UNNAMED_S = 10.0
-
-
-class RunLockedError(RuntimeError):
-    """The run is locked by a holder that cannot be checked from here (:func:`hold_run`)."""
-
-
-def lock_path(results_dir: str | os.PathLike, run_id: str) -> Path:
-    """``<results_dir>/runs/<run-id>.lock``, the file that marks a run as being computed."""
-    return Path(results_dir) / "runs" / f"{run_id}.lock"
-
-
-def _held_key(lock: Path) -> str:
-    return os.path.abspath(lock)
-
-
-@contextlib.contextmanager
-def claim_run(results_dir: str | os.PathLike, run_id: str) -> Iterator[bool]:
-    """Hold ``<results_dir>/runs/<run-id>.lock`` while the block runs: yields ``True`` when this
-    process created the lock (and removes it on exit, even on error), ``False`` when another
-    process holds it, so two processes can share one plan of runs.
-
-    The lock file holds ``<pid> <host>`` of its holder, so that a lock left behind by a process
-    that was killed can be told from a live one (:func:`hold_run`).
-    """
-    lock = lock_path(results_dir, run_id)
-    for attempt in range(3):  # a hold_run ending elsewhere may remove an empty runs/ in between
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-            break
-        except FileExistsError:
-            yield False
-            return
-        except FileNotFoundError:
-            if attempt == 2:
-                raise
-    key = _held_key(lock)
-    try:
-        try:
-            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-        finally:
-            os.close(fd)
-        with _HELD_GUARD:
-            _HELD[key] = (os.getpid(), threading.get_ident())
-        yield True
-    finally:
-        with _HELD_GUARD:
-            _HELD.pop(key, None)
-        lock.unlink(missing_ok=True)
-
-
-def holds_run(results_dir: str | os.PathLike, run_id: str) -> bool:
-    """Whether this thread of this process holds the run's lock (a :func:`claim_run` block)."""
-    with _HELD_GUARD:
-        return _HELD.get(_held_key(lock_path(results_dir, run_id))) == (os.getpid(), threading.get_ident())
-
-
-def lock_holder(results_dir: str | os.PathLike, run_id: str) -> tuple[int, str] | None:
-    """``(pid, host)`` written in the run's lock file; ``None`` when there is no lock or it names
-    no holder (being written, or made by an older flhelpers)."""
-    try:
-        pid, host = lock_path(results_dir, run_id).read_text().split()
-        return int(pid), host
-    except (OSError, ValueError):
-        return None
-
-
-def _lock_is_stale(results_dir: str | os.PathLike, run_id: str) -> bool:
-    """Whether the run's lock names a process of this host that no longer exists (killed)."""
-    holder = lock_holder(results_dir, run_id)
-    if holder is None or holder[1] != socket.gethostname():
-        return False  # unknown holder, or one on another machine: it cannot be checked from here
-    pid = holder[0]
-    if pid == os.getpid():
-        return False  # another thread of this process
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # PermissionError: the process exists (another user's)
-        return False
-    return False
-
-
-@contextlib.contextmanager
-def hold_run(results_dir: str | os.PathLike, run_id: str, poll_s: float | None = None) -> Iterator[None]:
-    """Hold the run's lock while the block runs, waiting while another process holds it.
-
-    Re-entrant for the thread that already holds it (a caller that wrapped the run in
-    :func:`claim_run`, as ``tools/run_reference.py`` does): then it does nothing. A lock left by
-    a process of this host that no longer exists is removed and taken over. While another live
-    holder computes the run, a warning names it and the lock file, and this waits (the caller
-    then finds the run finished and reuses it); a holder on another host is waited for too. A
-    lock that names no holder (an older flhelpers made it) cannot be checked: after
-    :data:`LOCK_UNNAMED_S` seconds it raises :class:`RunLockedError`, naming the lock file to
-    delete, rather than wait for ever. A results folder where no lock can be created
-    (read-only) is used without one: nothing can be written there anyway.
-    """
-    if holds_run(results_dir, run_id):
-        yield
-        return
-    runs = lock_path(results_dir, run_id).parent
-    made = [d for d in (runs, runs.parent) if not d.exists()]  # removed again if left empty
-    try:
-        yield from _hold(results_dir, run_id, LOCK_POLL_S if poll_s is None else poll_s)
-    finally:
-        for d in made:
-            try:
-                d.rmdir()
-            except OSError:  # not empty (a run was written), or another process uses it
-                break
-
-
-def _hold(results_dir: str | os.PathLike, run_id: str, poll: float) -> Iterator[None]:
-    """The body of :func:`hold_run` (a generator yielding once, with the lock held)."""
-    warned = False
-    while True:
-        acquired = False
-        try:
-            with claim_run(results_dir, run_id) as mine:
-                acquired = mine
-                if mine:
-                    yield
-        except OSError:
-            if acquired:
-                raise  # the block's own error
-            yield  # no lock can be created here (a read-only store)
-            return
-        if acquired:
-            return
-        if _lock_is_stale(results_dir, run_id):
-            lock_path(results_dir, run_id).unlink(missing_ok=True)
-            continue
-        holder = lock_holder(results_dir, run_id)
-        lock = lock_path(results_dir, run_id)
-        try:
-            unnamed = holder is None and time.time() - lock.stat().st_mtime > LOCK_UNNAMED_S
-        except FileNotFoundError:  # released meanwhile
-            continue
-        if unnamed:
-            raise RunLockedError(
-                f"Run {run_id} is locked by {lock}, which names no process (made by an older flhelpers or "
-                f"by hand), so whether it still runs cannot be checked; if "
-                f"no process computes this run any more, delete the lock file and run again.")
-        if not warned:
-            who = f"process {holder[0]} on {holder[1]}" if holder else "another process"
-            warnings.warn(f"Run {run_id} is being computed by {who} (lock {lock_path(results_dir, run_id)}); "
-                          f"waiting for it to end, then reusing or resuming its result. If no such process "
-                          f"runs any more, delete the lock file.", stacklevel=3)
-            warned = True
-        time.sleep(poll)
+# ----------------------------------------------------------------------------- reading runs
 
 
 def finished_metrics(results_dir: str | os.PathLike, configs: Sequence[Any]) -> Iterator[tuple[Any, str, pd.DataFrame]]:
@@ -457,23 +198,6 @@ def finished_metrics(results_dir: str | os.PathLike, configs: Sequence[Any]) -> 
         path = run_dir(results_dir, rid)
         if is_finished(path):
             yield cfg, rid, pd.read_csv(path / "metrics.csv")
-
-
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def remove_temporaries(path: Path) -> int:
-    """Delete stray ``.<name>.*.tmp`` files that a kill between write and rename left; their count."""
-    removed = 0
-    for tmp in Path(path).glob(_TMP_GLOB):
-        try:
-            tmp.unlink()
-            removed += 1
-        except OSError:
-            pass
-    return removed
 
 
 def read_run_record(path: Path) -> dict[str, Any]:
@@ -486,7 +210,7 @@ def read_run_record(path: Path) -> dict[str, Any]:
     Raises:
         ValueError: the record is unreadable, holds no ``config``, or hashes to another id.
     """
-    from flhelpers.config import ExperimentConfig  # here: results.py is imported without torch
+    from flhelpers.config import ExperimentConfig  # here: the results store is imported without torch
 
     path = Path(path)
     try:
