@@ -27,7 +27,7 @@ from flhelpers.config import ConfigError, benchmark_config, validate_config
 from flhelpers.defenses.base import AggregationContext, AggregationResult
 from flhelpers.defenses.flame import FLAME, cosine_distance_matrix, flame_admitted
 from flhelpers.defenses.repeated_median import RepeatedMedian, add_column_sums
-from flhelpers.defenses.user_elimination import global_loss_per_peer
+from flhelpers.fl.experiment import global_loss_per_peer
 from flhelpers.fl import device as fdev
 from flhelpers.fl import vectorized as vz
 from flhelpers.fl.checkpoint import CHECKPOINT, save_checkpoint

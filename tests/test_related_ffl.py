@@ -1,13 +1,13 @@
 """FFL: pairwise mixing (sum kept, updates hidden) and the reputation defense."""
 
-from types import SimpleNamespace
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from flhelpers.defenses.base import AggregationContext
+from flhelpers.defenses.base import AggregationContext, ServerView
 from flhelpers.params import layout_of
 from flhelpers.registry import DEFENSES
 from flhelpers.attacks import GaussianNoise
@@ -91,27 +91,34 @@ def test_scores_by_hand():
     assert torch.allclose(s, torch.tensor([0.2 * 0.5 + 0.8, 0.2 * 1 + 0.8, 0.2 * 0.5], dtype=torch.float64))
 
 
-def _simulate(ffl: FFL, rounds: int, attackers: list[int], k: int = 12, sigma: float = 1.0):
-    exp = SimpleNamespace(config=SimpleNamespace(seed=0), layout=LAYOUT)
+def _simulate(ffl: FFL, rounds: int, attackers: list[int], k: int = 12, sigma: float = 1.0,
+              attackers_mix: bool = True):
+    """The engine's round, by hand: screen, poison, mix (the attack says who declines), aggregate
+    with the hooks' notes."""
     att = np.zeros(k, dtype=bool)
     att[attackers] = True
     gn, g = GaussianNoise(sigma=sigma), _gen(7)
+    gn.mix = attackers_mix
     base = torch.randn(LAYOUT.dim, generator=_gen(8)) * 0.1
     history = []
     for r in range(rounds):
-        kept = ffl.select_peers(np.arange(k), exp, None, None, r)
+        view = ServerView(r, np.arange(k), torch.zeros(LAYOUT.dim), torch.zeros(0), LAYOUT, seed=0)
+        screening = ffl.select_peers(view)
+        kept = screening.kept
         u = base + 0.03 * torch.randn(len(kept), LAYOUT.dim, generator=g)
         u = gn.poison_updates(u, torch.as_tensor(att[kept]), r, g, LAYOUT)
-        u = ffl.transform_updates(u, kept, att[kept], r)
-        res = ffl(u, AggregationContext(LAYOUT, 4, r, torch.as_tensor(kept)))
+        mixed = ffl.transform_updates(dataclasses.replace(
+            view, candidates=kept, updates=u, refuses_mixing=gn.refuses_mixing(torch.as_tensor(att[kept]), r)))
+        res = ffl(mixed.updates, AggregationContext(LAYOUT, 4, r, torch.as_tensor(kept), screening=screening.note,
+                                                    transform=mixed.note))
         history.append((kept, res))
     return history
 
 
 @pytest.mark.parametrize("attackers_mix", [True, False])
 def test_reputation_excludes_persistent_noise_attackers(attackers_mix):
-    ffl = FFL(warmup=10, attackers_mix=attackers_mix)
-    history = _simulate(ffl, 25, attackers=[3, 7])
+    ffl = FFL(warmup=10)
+    history = _simulate(ffl, 25, attackers=[3, 7], attackers_mix=attackers_mix)
     for r, (kept, res) in enumerate(history):
         if r < 10:  # warm-up: everyone, coordinate-wise median
             assert len(kept) == 12 and res.info["mode"] == "median" and bool(res.accepted.all())
@@ -135,6 +142,33 @@ def test_without_attackers_only_the_bottom_quartile_is_left_out_and_state_round_
     assert DEFENSES.get("ffl")(warmup=5).warmup == 5
     with pytest.raises(ValueError, match="warmup"):
         FFL(warmup=-1)
+
+
+def test_attackers_that_refuse_to_mix_send_their_own_rows():
+    """Whether attackers mix is the attack's option (``attack_kwargs={"mix": False}``), read when
+    the engine builds the attack; FFL sees only who declines (``view.refuses_mixing``)."""
+    from flhelpers.attacks.base import split_mix_option
+    from flhelpers.config import ConfigError, ExperimentConfig, make_defense
+    from flhelpers.fl.experiment import make_attack
+
+    cfg = ExperimentConfig(attack="gaussian-noise", attack_kwargs={"sigma": 2.0, "mix": False})
+    attack = make_attack(cfg, 10)
+    assert attack.mix is False and attack.sigma == 2.0
+    assert make_attack(cfg.replace(attack="label-flip", attack_kwargs={"mix": False}), 10).mix is False
+    assert make_attack(cfg.replace(attack_kwargs={}), 10).mix is True
+    att = torch.tensor([False, True, False, True])
+    assert attack.refuses_mixing(att, 0).tolist() == att.tolist()
+    assert not make_attack(cfg.replace(attack_kwargs={}), 10).refuses_mixing(att, 0).any()
+    with pytest.raises(ValueError, match="mix"):
+        split_mix_option({"mix": "no"})
+    with pytest.raises(ConfigError, match="attackers_mix"):  # moved to the attack (issue 31)
+        make_defense(ExperimentConfig(defense="ffl", defense_kwargs={"attackers_mix": False}))
+    u = torch.randn(4, LAYOUT.dim, generator=_gen(3))
+    view = ServerView(0, np.array([2, 5, 6, 9]), torch.zeros(LAYOUT.dim), torch.zeros(0), LAYOUT, seed=1,
+                      updates=u, refuses_mixing=att)
+    mixed = FFL().transform_updates(view)
+    assert torch.equal(mixed.updates[att], u[att])  # the refusing peers' rows as sent
+    assert all(5 not in pair and 9 not in pair for pair in mixed.note.pairs)
 
 
 def test_ffl_runs_end_to_end_and_resumes_identically(data_root, tmp_path):

@@ -158,7 +158,7 @@ def test_global_loss_reports_single_out_label_flippers(data_root):
     7 -> 1 flipped labels, so its LDP report lands in the eliminated cluster. (3 of 10 peers:
     too small a share for the unimodal test at alpha 1e-3, so the Gaussian null's test.)"""
     from flhelpers.config import benchmark_config
-    from flhelpers.fl.engine import build_experiment
+    from flhelpers.fl.engine import build_experiment, server_view
     from flhelpers.params import flatten_buffers, flatten_params
     from flhelpers.models import loss_fn
 
@@ -175,8 +175,9 @@ def test_global_loss_reports_single_out_label_flippers(data_root):
             opt.zero_grad()
             loss_fn("cross_entropy", model(data.prepare(data.train_x[idx])), data.train_y[idx]).backward()
             opt.step()
-    kept = exp.defense.select_peers(np.arange(10), exp, flatten_params(model), flatten_buffers(model), 0)
-    last = exp.defense.last
+    screening = exp.defense.select_peers(server_view(exp, np.arange(10), flatten_params(model),
+                                                     flatten_buffers(model), 0))
+    kept, last = screening.kept, screening.note.record
     assert sorted(last["eliminated"]) == exp.attackers.tolist() and len(exp.attackers) == 3
     assert sorted(kept.tolist()) == sorted(set(range(10)) - set(exp.attackers.tolist()))
     losses = np.array(last["losses"])

@@ -13,12 +13,19 @@ each round (which data each peer trains on, plus extra trainings), and :meth:`At
 (the rows sent, from the rows trained). The engine hands the trainer whatever ``round_peers``
 returns, so the sequential and the vectorized backends train the same data. Two more say which
 extra metrics a run has: :meth:`Attack.evaluation_pairs` and :meth:`Attack.stamp_trigger`.
+
+What attackers do when a rule has the peers mix their updates pairwise (FFL's mixing,
+:mod:`flhelpers.defenses.ffl`) is the attack's too (issue 31): :meth:`Attack.refuses_mixing` says
+which peers of a round send their own update unmixed. Every attack takes the option
+``attack_kwargs={"mix": False}`` (:data:`MIX_OPTION`; the attackers decline, FFL's second attacker
+strategy), read by :func:`split_mix_option` when the engine builds the attack; by default they mix
+like everyone. The defenses never learn who the attackers are.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -31,6 +38,9 @@ class Attack:
     name = "none"
     #: attackers are drawn among the peers holding ``source_class`` data
     needs_source_holders = False
+    #: whether the attackers mix their update with a partner like everyone (FFL's mixing);
+    #: ``attack_kwargs={"mix": False}`` sets it False (:func:`split_mix_option`)
+    mix: bool = True
 
     def poison_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return labels
@@ -66,6 +76,13 @@ class Attack:
         """The ``len(peers)`` rows the peers send, from the rows trained on :meth:`round_peers`.
         The default returns them unchanged."""
         return updates, buffers
+
+    def refuses_mixing(self, is_attacker: torch.Tensor, round: int) -> torch.Tensor:
+        """The ``(K,)`` bool mask of the round's peers that decline to mix their update with a
+        partner, given the ``(K,)`` mask of the round's attackers: the attackers when
+        :attr:`mix` is False (in every round, whatever an attack's ``start_round``), else nobody."""
+        att = torch.as_tensor(is_attacker, dtype=torch.bool).cpu().reshape(-1)
+        return att.clone() if not self.mix else torch.zeros_like(att)
 
     def evaluation_pairs(self) -> tuple[tuple[int, int], ...]:
         """Source -> target pairs whose Src-Acc and ASR each get a metrics column (none by default)."""
@@ -126,6 +143,25 @@ class ModelPoisoning(Attack):
         raise NotImplementedError
 
 
+#: the option of ``attack_kwargs`` that every attack takes: False, the attackers refuse to mix
+MIX_OPTION = "mix"
+
+
+def split_mix_option(attack_kwargs: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """``(mix, the other attack_kwargs)``: :data:`MIX_OPTION` taken out of ``attack_kwargs``
+    (default True), the rest for the attack's factory.
+
+    Raises:
+        ValueError: ``mix`` is not True or False.
+    """
+    rest = dict(attack_kwargs)
+    mix = rest.pop(MIX_OPTION, True)
+    if not isinstance(mix, bool):
+        raise ValueError(f"attack_kwargs {MIX_OPTION!r} must be true or false (whether the attackers mix their "
+                         f"updates in FFL's mixing), got {mix!r}.")
+    return mix, rest
+
+
 def honest_rows(updates: torch.Tensor, is_attacker: torch.Tensor) -> torch.Tensor:
     """The honest rows; all rows when every peer of the round attacks (the attackers then
     can only use their own honestly trained updates as the estimate)."""
@@ -149,4 +185,5 @@ def model_poisoning_factory(cls: type[ModelPoisoning]):
     return make
 
 
-__all__ = ["Attack", "ModelPoisoning", "NoAttack", "honest_rows", "model_poisoning_factory"]
+__all__ = ["Attack", "MIX_OPTION", "ModelPoisoning", "NoAttack", "honest_rows", "model_poisoning_factory",
+           "split_mix_option"]

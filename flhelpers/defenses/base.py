@@ -10,13 +10,24 @@ Conventions (all rules follow them):
   :meth:`AggregationContext.gradients` computes it.
 * ``accepted`` is a boolean mask over the K peers: ``False`` means the rule excluded the peer
   (or gave it zero weight). The detection metrics compare it with the true attackers.
+
+The hooks (issue 31). Every rule aggregates (:class:`AggregationHook`); a rule may also screen
+the round's peers before they train (:class:`ScreeningHook`: user elimination, FFL's reputation)
+and transform the sent updates before its aggregate (:class:`TransformHook`: FFL's mixing). The
+two extra hooks see a :class:`ServerView`, what a server knows of the round, never the run's
+``Experiment`` nor who the attackers are. What a hook computes for the same round's aggregate
+travels in its answer (:attr:`Screening.note`, :attr:`Transformed.note`), which the engine hands
+to the aggregate as :attr:`AggregationContext.screening` and :attr:`AggregationContext.transform`;
+state kept across rounds (FoolsGold's history, FFL's reputations) is the rule's own
+(:meth:`Defense.state_dict`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from flhelpers.params import ParamLayout
@@ -36,6 +47,9 @@ class AggregationContext:
         lr: the peers' learning rate ``eta``; gradients are ``-update / lr``.
         global_params: the flat global model ``W^t`` the peers started from, ``(D,)``.
         seed: a seed for the rule's own randomness (k-means initialisation), fixed per round.
+        screening: the note of the rule's ``select_peers`` this round (:attr:`Screening.note`);
+            ``None`` without one (the rule used alone, or a hook that noted nothing).
+        transform: the note of the rule's ``transform_updates`` this round (:attr:`Transformed.note`).
     """
 
     layout: ParamLayout
@@ -47,6 +61,8 @@ class AggregationContext:
     lr: float = 1.0
     global_params: torch.Tensor | None = None
     seed: int = 0
+    screening: Any = None
+    transform: Any = None
 
     def gradients(self, updates: torch.Tensor) -> torch.Tensor:
         """The paper's gradients ``(W^t - W_k^{t+1}) / eta = -update / eta``."""
@@ -75,11 +91,110 @@ class AggregationResult:
     buffer_weights: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class ServerView:
+    """What the server knows of a round, as the screening and transforming hooks see it.
+
+    Attributes:
+        round: the training round, from 0.
+        candidates: ``(m,)`` int64 peer ids: for ``select_peers`` the round's drawn peers, in
+            increasing order; for ``transform_updates`` the peers whose rows ``updates`` holds, in
+            row order.
+        global_params: the flat global model ``W^t``, ``(D,)``.
+        global_buffers: its flat float buffers (BatchNorm statistics), ``(B,)``, possibly empty.
+        layout: where each tensor of the model lies in ``global_params`` and in a row of ``updates``.
+        seed: the run's seed; a rule derives its own randomness from it and the round.
+        sampling_rate: ``q = m / K``, the share of the peers drawn each round (1 when all are).
+        updates: the ``(m, D)`` updates as the peers sent them (``transform_updates`` only).
+        refuses_mixing: ``(m,)`` bool, the peers that decline to mix their update with a partner
+            (a peer's behaviour in a mixing protocol such as FFL's, set by the attack:
+            ``attack_kwargs={"mix": False}``); ``None``: every peer takes part.
+        peer_losses: the server's question to the peers (``select_peers`` in the engine):
+            ``peer_losses(ids)`` returns each peer's mean loss of the global model on its local
+            data, ``(len(ids),)`` float64, as the peer computes it (its labels as it holds them).
+            ``None`` where no peer can be asked.
+    """
+
+    round: int
+    candidates: np.ndarray
+    global_params: torch.Tensor
+    global_buffers: torch.Tensor
+    layout: ParamLayout
+    seed: int = 0
+    sampling_rate: float = 1.0
+    updates: torch.Tensor | None = None
+    refuses_mixing: torch.Tensor | None = None
+    peer_losses: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class Screening:
+    """A ``select_peers`` answer: the ``kept`` peer ids, and a ``note`` for the round's aggregate."""
+
+    kept: np.ndarray
+    note: Any = None
+
+
+@dataclass(frozen=True)
+class Transformed:
+    """A ``transform_updates`` answer: the ``(m, D)`` rows to aggregate, and a ``note`` for the aggregate."""
+
+    updates: torch.Tensor
+    note: Any = None
+
+
+@runtime_checkable
+class ScreeningHook(Protocol):
+    """A rule that drops peers before they train (user elimination, FFL's reputation).
+
+    The kept ids must be a subset of ``view.candidates``; dropped peers count as rejected in the
+    detection metrics. A bare array of ids is taken as ``Screening(kept)``.
+    """
+
+    def select_peers(self, view: ServerView) -> Screening: ...
+
+
+@runtime_checkable
+class TransformHook(Protocol):
+    """A rule that changes the sent updates before its aggregate (FFL's mixing): one row per
+    peer of ``view.candidates``, in the same order. A bare tensor is taken as ``Transformed(updates)``."""
+
+    def transform_updates(self, view: ServerView) -> Transformed: ...
+
+
+@runtime_checkable
+class AggregationHook(Protocol):
+    """What every rule does: the aggregate of the round's ``K x D`` updates."""
+
+    def aggregate(self, updates: torch.Tensor, ctx: AggregationContext) -> AggregationResult: ...
+
+
+#: the hooks the engine calls, by method name, with the Protocol each must follow
+HOOKS: dict[str, type] = {"select_peers": ScreeningHook, "transform_updates": TransformHook,
+                          "aggregate": AggregationHook}
+
+
+def as_screening(answer: Screening | np.ndarray | Any) -> Screening:
+    """A ``select_peers`` answer as a :class:`Screening` (a bare sequence of ids: no note)."""
+    if isinstance(answer, Screening):
+        return Screening(np.asarray(answer.kept, dtype=np.int64), answer.note)
+    return Screening(np.asarray(answer, dtype=np.int64))
+
+
+def as_transformed(answer: Transformed | torch.Tensor) -> Transformed:
+    """A ``transform_updates`` answer as a :class:`Transformed` (a bare tensor: no note)."""
+    return answer if isinstance(answer, Transformed) else Transformed(answer)
+
+
 class Defense:
     """Base class of aggregation rules.
 
     Subclasses validate their parameters in ``__init__`` (errors at construction, never
-    deep in a run) and implement :meth:`aggregate`. Stateful rules (FoolsGold) override
+    deep in a run) and implement :meth:`aggregate` (:class:`AggregationHook`); a rule that screens
+    peers or transforms updates also defines ``select_peers`` (:class:`ScreeningHook`) or
+    ``transform_updates`` (:class:`TransformHook`). The base class defines neither, so whether a
+    rule has them says whether it acts inside the simulation (the Flower strategy refuses such
+    rules). Stateful rules (FoolsGold) override
     :meth:`state_dict` and :meth:`load_state_dict` so a run can checkpoint and resume them.
     """
 

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from flhelpers.config import ExperimentConfig
-from flhelpers.defenses.base import AggregationContext, AggregationResult, Defense
+from flhelpers.defenses.base import (AggregationContext, AggregationResult, Defense, Screening, ServerView,
+                                     Transformed, as_screening, as_transformed)
 from flhelpers.defenses.accountant import CONVERSIONS, RDPAccountant, epsilon_of
 from flhelpers.seeding import derive_seed
 
@@ -59,7 +60,7 @@ class DPFedAvg(Defense):
         noise_multiplier: ``z``; the noise on the sum has standard deviation ``z * C``.
         delta: the ``delta`` at which ``epsilon`` is reported.
         sampling_rate: ``q``; ``None`` reads ``max(int(fraction * K), 1) / K`` from the run in
-            ``select_peers`` (and uses 1, no amplification, outside the engine).
+            ``select_peers`` (``view.sampling_rate``; 1, no amplification, outside the engine).
         inner_kwargs: keyword arguments of the inner rule.
         conversion: RDP to ``(epsilon, delta)`` conversion, ``"improved"`` or ``"classic"``.
     """
@@ -112,22 +113,21 @@ class DPFedAvg(Defense):
     def validate(self, num_peers: int, expected_attackers: int) -> None:
         self.inner.validate(num_peers, expected_attackers)
 
-    def select_peers(self, candidates: np.ndarray, exp, global_params: torch.Tensor,
-                     global_buffers: torch.Tensor, round: int) -> np.ndarray:
-        """Learn ``q = max(int(C K), 1) / K`` from the run, then let the inner rule select."""
-        cfg = exp.config
-        self._run_rate = max(int(cfg.fraction * cfg.num_peers), 1) / cfg.num_peers
+    def select_peers(self, view: ServerView) -> Screening:
+        """Learn ``q = max(int(C K), 1) / K`` from the run (``view.sampling_rate``), then let the
+        inner rule select (its note is passed on to it)."""
+        self._run_rate = view.sampling_rate
         inner_select = getattr(self.inner, "select_peers", None)
         if inner_select is not None:
-            return inner_select(candidates, exp, global_params, global_buffers, round)
-        return candidates
+            return as_screening(inner_select(view))
+        return Screening(np.asarray(view.candidates, dtype=np.int64))
 
-    def transform_updates(self, updates: torch.Tensor, peer_ids: np.ndarray, is_attacker: np.ndarray,
-                          round: int) -> torch.Tensor:
+    def transform_updates(self, view: ServerView) -> Transformed:
+        """The inner rule's transform (e.g. ``ffl-mixing``), if it has one."""
         inner_transform = getattr(self.inner, "transform_updates", None)
         if inner_transform is None:
-            return updates
-        return inner_transform(updates, peer_ids, is_attacker, round)
+            return Transformed(view.updates)
+        return as_transformed(inner_transform(view))
 
     def noise(self, dim: int, num_updates: int, seed: int, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -15,16 +15,24 @@ unweighted mean) of all updates is unchanged, while the server no longer sees an
 peer's update. With an odd number of mixing peers the peer left over swaps with one randomly
 chosen, already mixed peer (the original drops nobody either; we make it explicit), so it is
 hidden as well.
+
+Who declines to mix is a peer's choice, not the server's: the engine asks the attack
+(:meth:`flhelpers.attacks.base.Attack.refuses_mixing`; ``attack_kwargs={"mix": False}`` makes the
+attackers send their own update unmixed, FFL's second attacker strategy) and the rules read the
+answer from :attr:`ServerView.refuses_mixing <flhelpers.defenses.base.ServerView>`. The rules here
+have no notion of who attacks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import torch
 
-from flhelpers.defenses.base import AggregationContext, AggregationResult, Defense, weighted_mean
+from flhelpers.defenses.base import (AggregationContext, AggregationResult, Defense, Screening, ServerView,
+                                     Transformed, as_screening, weighted_mean)
 from flhelpers.params import ParamLayout
 
 
@@ -170,6 +178,32 @@ def _quantile(values: np.ndarray, q: float) -> float:
     return float(np.quantile(np.asarray(values, dtype=np.float64), q))
 
 
+@dataclasses.dataclass(frozen=True)
+class Mixing:
+    """A round's mixing, as :meth:`FFL.transform_updates` hands it to the aggregate: for each
+    peer, the peers whose coordinates its mixed row carries (:func:`contributors`), and the pairs
+    of peer ids in the order their swaps were applied."""
+
+    carried: dict[int, frozenset[int]]
+    pairs: list[tuple[int, int]]
+
+
+def mix_round(view: ServerView, per_tensor: bool, seed: int | None) -> tuple[torch.Tensor, Mixing]:
+    """FFL's mixing of the round's updates (``view.updates``, rows in ``view.candidates`` order):
+    :func:`mix_pairs` with the generator ``(seed, "ffl-mix", round)`` (``seed`` ``None``: the
+    run's), one mask per tensor when ``per_tensor``; the peers in ``view.refuses_mixing`` keep
+    their own rows."""
+    from flhelpers.seeding import torch_generator
+
+    if view.updates is None:
+        raise ValueError("FFL's mixing needs the round's updates: the view has none.")
+    run_seed = int(view.seed) if seed is None else int(seed)
+    mixed, pairs = mix_pairs(view.updates, torch_generator(run_seed, "ffl-mix", view.round),
+                             view.layout if per_tensor else None, view.refuses_mixing)
+    ids = [int(p) for p in view.candidates]
+    return mixed, Mixing(contributors(ids, pairs), [(ids[a], ids[b]) for a, b in pairs])
+
+
 class FFL(Defense):
     """Fragmented FL: pairwise mixing (:func:`mix_pairs`) and reputation-based selection.
 
@@ -179,9 +213,9 @@ class FFL(Defense):
        bottom quartile (``R_k < Q1``, ``Q1`` the 25th percentile of the candidates'
        reputations, linear interpolation) are not selected.
     2. ``transform_updates``: the selected peers mix their updates pairwise
-       (:func:`mix_pairs`, a fresh Bernoulli(0.5) mask per pair and tensor). With
-       ``attackers_mix=False`` the attackers send their own update unmixed (the second
-       attacker strategy); by default they mix like everyone.
+       (:func:`mix_pairs`, a fresh Bernoulli(0.5) mask per pair and tensor); the peers that
+       decline (``view.refuses_mixing``: the attackers under ``attack_kwargs={"mix": False}``,
+       the second attacker strategy) send their own update unmixed. By default all mix.
     3. ``aggregate``: each mixed update gets :func:`ffl_scores`, shifted by the 25th percentile
        of the round's scores, ``s_k = score_k - Q1(score)``. A mixed update carries parts of
        the peer's and its partner's updates, so both are credited: every peer ``j`` adds to
@@ -193,9 +227,10 @@ class FFL(Defense):
        round's credit, ``Q1`` the threshold of step 1); a peer with ``w_k = 0`` is rejected.
        If every weight is 0 the median is used.
 
-    Reputations persist across rounds (:meth:`state_dict`). Used without the engine, only
-    :meth:`aggregate` is needed: rows are then treated as unmixed and ``Q1`` is computed from
-    the reputations of the round's peers.
+    Reputations persist across rounds (:meth:`state_dict`). Step 1's ``Q1`` and step 2's pairs
+    reach step 3 in the hooks' answers (``ctx.screening``, ``ctx.transform``). Used without the
+    engine, only :meth:`aggregate` is needed: rows are then treated as unmixed and ``Q1`` is
+    computed from the reputations of the round's peers.
 
     **Our reading.** The seed (``ffl-readme.md``) gives no formula; the score's two
     ingredients, the warm-up with the median, the bottom-quartile selection and the ``tanh``
@@ -211,16 +246,18 @@ class FFL(Defense):
 
     Args:
         warmup: rounds before reputation selects and weights (default 20, as FFL).
-        attackers_mix: whether attackers mix (True) or send their update unmixed (False).
         norm_weight, cosine_weight: the score's weights (0.2 and 0.8).
         per_tensor: one mask per pair and tensor (True) or one per pair over the whole update.
-        seed: the mixing seed; ``None`` uses the run's seed (read in ``select_peers``).
+        seed: the mixing seed; ``None`` uses the run's seed (``view.seed``).
+
+    Whether attackers mix was ``attackers_mix`` here before issue 31; it is the attack's choice
+    now: ``attack_kwargs={"mix": False}`` (the same runs, under another run id).
     """
 
     name = "ffl"
 
-    def __init__(self, warmup: int = 20, attackers_mix: bool = True, norm_weight: float = 0.2,
-                 cosine_weight: float = 0.8, per_tensor: bool = True, seed: int | None = None) -> None:
+    def __init__(self, warmup: int = 20, norm_weight: float = 0.2, cosine_weight: float = 0.8,
+                 per_tensor: bool = True, seed: int | None = None) -> None:
         if isinstance(warmup, bool) or int(warmup) != warmup or warmup < 0:
             raise ValueError(f"FFL needs an integer warmup >= 0 (rounds before selection), got {warmup!r}.")
         for label, w in (("norm_weight", norm_weight), ("cosine_weight", cosine_weight)):
@@ -229,47 +266,32 @@ class FFL(Defense):
         if float(norm_weight) + float(cosine_weight) <= 0:
             raise ValueError("FFL needs norm_weight + cosine_weight > 0, or every score is 0.")
         self.warmup = int(warmup)
-        self.attackers_mix = bool(attackers_mix)
         self.norm_weight, self.cosine_weight = float(norm_weight), float(cosine_weight)
         self.per_tensor = bool(per_tensor)
         self.seed = seed
         self.reputation: dict[int, float] = {}
-        self._run_seed = 0 if seed is None else int(seed)
-        self._layout: ParamLayout | None = None
-        self._threshold: tuple[int, float] | None = None
-        self._mixing: tuple[int, dict[int, frozenset[int]], list[tuple[int, int]]] | None = None
 
     # -- step 1 -----------------------------------------------------------------------------
     def selection_threshold(self, candidates: np.ndarray) -> float:
         """``Q1``: the 25th percentile of the candidates' reputations (0 for a new peer)."""
         return _quantile([self.reputation.get(int(k), 0.0) for k in candidates], 0.25)
 
-    def select_peers(self, candidates: np.ndarray, exp, global_params: torch.Tensor,
-                     global_buffers: torch.Tensor, round: int) -> np.ndarray:
-        """Drop the bottom reputation quartile from round ``warmup`` on."""
-        if self.seed is None:
-            self._run_seed = int(exp.config.seed)
-        self._layout = exp.layout
-        candidates = np.asarray(candidates, dtype=np.int64)
-        if round < self.warmup:
-            return candidates
+    def select_peers(self, view: ServerView) -> Screening:
+        """Drop the bottom reputation quartile from round ``warmup`` on; the note is ``Q1``
+        (``None`` during the warm-up)."""
+        candidates = np.asarray(view.candidates, dtype=np.int64)
+        if view.round < self.warmup:
+            return Screening(candidates)
         q1 = self.selection_threshold(candidates)
-        self._threshold = (round, q1)
         rep = np.array([self.reputation.get(int(k), 0.0) for k in candidates])
-        return candidates[rep >= q1]
+        return Screening(candidates[rep >= q1], q1)
 
     # -- step 2 -----------------------------------------------------------------------------
-    def transform_updates(self, updates: torch.Tensor, peer_ids: np.ndarray, is_attacker: np.ndarray,
-                          round: int) -> torch.Tensor:
-        """Mix the selected peers' updates pairwise; remember who carries whose coordinates."""
-        from flhelpers.seeding import torch_generator
-
-        unmixed = None if self.attackers_mix else torch.as_tensor(np.asarray(is_attacker, dtype=bool))
-        layout = self._layout if self.per_tensor else None
-        mixed, pairs = mix_pairs(updates, torch_generator(self._run_seed, "ffl-mix", round), layout, unmixed)
-        ids = [int(p) for p in peer_ids]
-        self._mixing = (round, contributors(ids, pairs), [(ids[a], ids[b]) for a, b in pairs])
-        return mixed
+    def transform_updates(self, view: ServerView) -> Transformed:
+        """Mix the selected peers' updates pairwise; the note (:class:`Mixing`) says who carries
+        whose coordinates."""
+        mixed, mixing = mix_round(view, self.per_tensor, self.seed)
+        return Transformed(mixed, mixing)
 
     # -- step 3 -----------------------------------------------------------------------------
     def aggregate(self, updates: torch.Tensor, ctx: AggregationContext) -> AggregationResult:
@@ -277,12 +299,11 @@ class FFL(Defense):
 
         k = updates.shape[0]
         ids = list(range(k)) if ctx.peer_ids is None else [int(i) for i in ctx.peer_ids.tolist()]
-        q1 = (self._threshold[1] if self._threshold is not None and self._threshold[0] == ctx.round
-              else self.selection_threshold(np.array(ids)))
+        q1 = ctx.screening if isinstance(ctx.screening, float) else self.selection_threshold(np.array(ids))
         raw = ffl_scores(updates, ctx.layout, self.norm_weight, self.cosine_weight)
         shifted = raw - _quantile(raw.numpy(), 0.25)
-        mixing = self._mixing if self._mixing is not None and self._mixing[0] == ctx.round else None
-        carried = {pid: (mixing[1].get(pid, frozenset([pid])) if mixing else frozenset([pid])) for pid in ids}
+        mixing = ctx.transform if isinstance(ctx.transform, Mixing) else None
+        carried = {pid: (mixing.carried.get(pid, frozenset([pid])) if mixing else frozenset([pid])) for pid in ids}
         credit: dict[int, list[float]] = {}
         for row, pid in enumerate(ids):
             for j in carried[pid]:
@@ -290,7 +311,7 @@ class FFL(Defense):
         for j, s in credit.items():
             self.reputation[j] = self.reputation.get(j, 0.0) + float(np.mean(s))
         info = {"scores": raw.tolist(), "shifted_scores": shifted.tolist(),
-                "pairs": mixing[2] if mixing else [], "q1": q1,
+                "pairs": mixing.pairs if mixing else [], "q1": q1,
                 "reputation": [self.reputation[pid] for pid in ids]}
         if ctx.round < self.warmup:
             accepted = torch.ones(k, dtype=torch.bool, device=updates.device)
@@ -318,8 +339,7 @@ class FFL(Defense):
         self.reputation = {int(i): float(r) for i, r in zip(ids, rep)}
 
     def __repr__(self) -> str:
-        return (f"FFL(warmup={self.warmup}, attackers_mix={self.attackers_mix}, "
-                f"norm_weight={self.norm_weight}, cosine_weight={self.cosine_weight})")
+        return f"FFL(warmup={self.warmup}, norm_weight={self.norm_weight}, cosine_weight={self.cosine_weight})"
 
 
 class MixThenAggregate(Defense):
@@ -331,13 +351,13 @@ class MixThenAggregate(Defense):
     Args:
         inner: the registered name of the rule that aggregates the mixed updates (default fedavg).
         inner_kwargs: its keyword arguments.
-        attackers_mix, per_tensor, seed: as for :class:`FFL`.
+        per_tensor, seed: as for :class:`FFL` (whether attackers mix: :class:`FFL`'s note).
     """
 
     name = "ffl-mixing"
 
     def __init__(self, inner: str = "fedavg", inner_kwargs: dict[str, Any] | None = None,
-                 attackers_mix: bool = True, per_tensor: bool = True, seed: int | None = None) -> None:
+                 per_tensor: bool = True, seed: int | None = None) -> None:
         from flhelpers.registry import DEFENSES
 
         if str(inner).strip().lower() in (self.name, FFL.name):
@@ -345,29 +365,22 @@ class MixThenAggregate(Defense):
         self.inner_name = inner
         self.inner = DEFENSES.get(inner)(**(inner_kwargs or {}))
         self.needs_attacker_count = self.inner.needs_attacker_count
-        self.attackers_mix, self.per_tensor, self.seed = bool(attackers_mix), bool(per_tensor), seed
-        self._run_seed = 0 if seed is None else int(seed)
-        self._layout: ParamLayout | None = None
+        self.per_tensor, self.seed = bool(per_tensor), seed
 
     def validate(self, num_peers: int, expected_attackers: int) -> None:
         self.inner.validate(num_peers, expected_attackers)
 
-    def select_peers(self, candidates, exp, global_params, global_buffers, round):
-        if self.seed is None:
-            self._run_seed = int(exp.config.seed)
-        self._layout = exp.layout
+    def select_peers(self, view: ServerView) -> Screening:
+        """The inner rule's screening, if it has one (its note is passed on to it)."""
         inner_select = getattr(self.inner, "select_peers", None)
         if inner_select is not None:
-            return inner_select(candidates, exp, global_params, global_buffers, round)
-        return candidates
+            return as_screening(inner_select(view))
+        return Screening(np.asarray(view.candidates, dtype=np.int64))
 
-    def transform_updates(self, updates, peer_ids, is_attacker, round):
-        from flhelpers.seeding import torch_generator
-
-        unmixed = None if self.attackers_mix else torch.as_tensor(np.asarray(is_attacker, dtype=bool))
-        mixed, _ = mix_pairs(updates, torch_generator(self._run_seed, "ffl-mix", round),
-                             self._layout if self.per_tensor else None, unmixed)
-        return mixed
+    def transform_updates(self, view: ServerView) -> Transformed:
+        """FFL's mixing (:func:`mix_round`); the inner rule aggregates the mixed rows as they are."""
+        mixed, _ = mix_round(view, self.per_tensor, self.seed)
+        return Transformed(mixed)
 
     def aggregate(self, updates: torch.Tensor, ctx: AggregationContext) -> AggregationResult:
         return self.inner(updates, ctx)
@@ -379,4 +392,4 @@ class MixThenAggregate(Defense):
         self.inner.load_state_dict(state)
 
     def __repr__(self) -> str:
-        return f"MixThenAggregate(inner={self.inner!r}, attackers_mix={self.attackers_mix})"
+        return f"MixThenAggregate(inner={self.inner!r})"

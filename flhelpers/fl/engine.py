@@ -1,9 +1,17 @@
 """The FL simulation of Algorithm 1: config -> data -> peers' local training -> defense -> metrics.
 
 :func:`run_experiment` is the one entry point. It validates the config and builds everything
-(data, partition, attackers, model, defense) *before* any training, reuses a finished run
-with the same config (the run id hashes it), resumes an unfinished one from its checkpoint,
-and writes the results store (see :mod:`flhelpers.results`).
+(data, partition, attackers, model, defense: :mod:`flhelpers.fl.experiment`, whose names are
+re-exported here) *before* any training, reuses a finished run with the same config (the run id
+hashes it), resumes an unfinished one from its checkpoint, and writes the results store (see
+:mod:`flhelpers.results`).
+
+A round (:func:`play_round`): :func:`select_peers` draws the candidates; :func:`screen_peers` lets
+the defense drop some before training; :func:`train_attacked_round` trains the rest and the attack
+poisons the updates; :func:`transform_round` lets the defense transform them (FFL's mixing, in
+which the attack says who declines to mix); :func:`aggregate_round` aggregates them through the
+guards. The defense's hooks see a :class:`~flhelpers.defenses.base.ServerView`
+(:func:`server_view`), never the :class:`Experiment` nor who the attackers are.
 
 Runs that survive:
 
@@ -31,7 +39,6 @@ Runs that survive:
 
 from __future__ import annotations
 
-import platform
 import shutil
 import time
 import warnings
@@ -44,29 +51,27 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from flhelpers._version import __version__
-from flhelpers.attacks import Attack, select_attackers
-from flhelpers.fl.device import configure_torch, resume_key, resume_problem, runtime_record
+from flhelpers.config import ConfigError, ExperimentConfig, peers_per_round, validate_config  # noqa: F401
+from flhelpers.data.base import FLDataset
+from flhelpers.defenses.base import (AggregationContext, AggregationResult, Screening, ServerView, Transformed,
+                                     as_screening, as_transformed)
 from flhelpers.fl.checkpoint import (CHECKPOINT, Progress, fingerprint, load_checkpoint, remove_checkpoint,
-                                  restore_rng_states, rng_states, save_checkpoint)
-from flhelpers.config import (ConfigError, ExperimentConfig, check_defense_size, check_honest_peer_left,
-                              expected_attackers, make_defense, peers_per_round, validate_config)
-from flhelpers.data import load_dataset
-from flhelpers.data.base import DataMissingError, FLDataset, dataset_record
-from flhelpers.defenses.base import AggregationContext, AggregationResult, Defense
+                                     restore_rng_states, rng_states, save_checkpoint)
+from flhelpers.fl.device import resume_key, resume_problem
+from flhelpers.fl.experiment import (DataMismatchError, Experiment, build_experiment,  # noqa: F401 (re-exported)
+                                     check_batchnorm_batches, check_same_data, check_subset_sizes, current_data,
+                                     experiment_record, global_loss_per_peer, make_attack, make_trainer,
+                                     recorded_data)
 from flhelpers.fl.guards import (apply_update, attackers_mean, average_buffers, buffer_weights,  # noqa: F401
                                  feasible_attackers, guarded_aggregate)
 from flhelpers.metrics import attack_metrics, detection_counts, evaluate, summarize
-from flhelpers.models import build_model
-from flhelpers.params import ParamLayout, flatten_buffers, flatten_params, layout_of, load_flat_buffers, load_flat_params
-from flhelpers.data.partition import Partition, make_partition
-from flhelpers.registry import ATTACKS
+from flhelpers.metrics.evaluation import Evaluation
+from flhelpers.params import flatten_buffers, flatten_params, load_flat_buffers, load_flat_params
 from flhelpers.results import (CONFIG, METRICS, METRICS_DIGEST, SUMMARY, TIMINGS, atomic_write_csv,
                                atomic_write_json, atomic_write_text, check_results_dir, csv_text, is_finished,
                                read_finished_run, read_timings, remove_temporaries, run_dir, sha256_text)
-from flhelpers.results import hold_run, publish_run, read_json, recompute_dir, recover_run
+from flhelpers.results import hold_run, publish_run, recompute_dir, recover_run
 from flhelpers.seeding import derive_seed, torch_generator
-from flhelpers.fl.training import PeerData, SequentialTrainer
 
 
 @dataclass
@@ -83,34 +88,6 @@ class RoundRecord:
     result: AggregationResult
     context: AggregationContext
     discarded: bool = False
-
-
-@dataclass
-class Experiment:
-    """Everything a run is built from; made by :func:`build_experiment` before any training."""
-
-    config: ExperimentConfig
-    dataset: FLDataset
-    partition: Partition
-    attackers: np.ndarray
-    attack: Attack
-    defense: Defense
-    model: torch.nn.Module
-    layout: ParamLayout
-    peers: list[PeerData]
-    device: torch.device
-    trainer: Any = None
-    expected_attackers: int = 0
-    #: (training, test) samples of the clean data set the run used, before any poisoned copies
-    data_sizes: tuple[int, int] = (0, 0)
-    #: :func:`flhelpers.data.base.dataset_record` of that data set (config.json's ``data``)
-    data_record: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_attacker(self) -> np.ndarray:
-        mask = np.zeros(self.config.num_peers, dtype=bool)
-        mask[self.attackers] = True
-        return mask
 
 
 @dataclass
@@ -132,150 +109,6 @@ class RunResult:
     timings: pd.DataFrame | None = None
 
 
-def make_trainer(exp: Experiment):
-    """The training backend named by ``config.backend``."""
-    backend = exp.config.backend
-    if backend in ("vectorized", "auto"):
-        try:
-            from flhelpers.fl.vectorized import make_vectorized_trainer
-        except ImportError:
-            make_vectorized_trainer = None
-        if make_vectorized_trainer is not None:
-            trainer = make_vectorized_trainer(exp, strict=(backend == "vectorized"))
-            if trainer is not None:
-                return trainer
-        elif backend == "vectorized":
-            raise ValueError("The vectorized backend is not available in this version of flhelpers.")
-    return SequentialTrainer(exp.model, exp.config, exp.dataset, exp.device)
-
-
-def _make_attack(cfg: ExperimentConfig, num_classes: int) -> Attack:
-    try:
-        return ATTACKS.get(cfg.attack)(source_class=cfg.source_class, target_class=cfg.target_class,
-                                       num_classes=num_classes, **cfg.attack_kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"attack {cfg.attack!r} with attack_kwargs {cfg.attack_kwargs}: {exc}") from exc
-
-
-def _subset(cfg: ExperimentConfig, dataset: FLDataset) -> FLDataset:
-    """The seeded ``train_subset`` / ``test_subset`` of ``dataset`` the run uses (itself without them)."""
-    if cfg.train_subset or cfg.test_subset:
-        return dataset.subset(cfg.train_subset, cfg.test_subset, seed=derive_seed(cfg.seed, "subset") % 2**31)
-    return dataset
-
-
-def build_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
-                     dataset: FLDataset | None = None) -> Experiment:
-    """Validate ``cfg`` and build data, partition, attackers, model and defense (no training).
-
-    Raises :class:`~flhelpers.config.ConfigError` for a setting that cannot work, and the data
-    loaders' ``DataMissingError`` / ``DataCorruptError`` for absent or damaged data, all before
-    any training.
-    """
-    validate_config(cfg)
-    configure_torch(cfg)  # precision and deterministic mode, before anything touches the device
-    defense = make_defense(cfg)
-    if dataset is None:
-        dataset = load_dataset(cfg.dataset, data_root, **cfg.dataset_kwargs)
-    for name, c in (("source_class", cfg.source_class), ("target_class", cfg.target_class)):
-        if c >= dataset.num_classes:
-            raise ConfigError(
-                f"{name}={c} is out of range: {dataset.name} has classes 0..{dataset.num_classes - 1}.")
-    check_subset_sizes(cfg, dataset, data_root)
-    dataset = _subset(cfg, dataset)
-    data = dataset_record(dataset)  # the clean data the run trains and is tested on
-    attack = _make_attack(cfg, dataset.num_classes)
-    scheme = "dirichlet" if cfg.partition == "mild" else cfg.partition
-    try:
-        partition = make_partition(dataset.train_y, cfg.num_peers, scheme,
-                                   seed=derive_seed(cfg.seed, "partition"), alpha=cfg.dirichlet_alpha,
-                                   min_samples=cfg.batch_size, num_classes=dataset.num_classes)
-        ratio = cfg.attacker_ratio if cfg.attack != "none" else 0.0
-        attackers = select_attackers(ratio, partition, cfg.source_class, scheme,
-                                     attack.needs_source_holders, seed=derive_seed(cfg.seed, "attackers"))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    check_honest_peer_left(len(attackers), cfg)
-    if cfg.poisoned_rounds > 0 and len(attackers) == 0:
-        raise ConfigError(f"poisoned_rounds={cfg.poisoned_rounds} averages the attackers' updates, but "
-                          f"attacker_ratio={cfg.attacker_ratio} selects no attacker among {cfg.num_peers} peers "
-                          f"({cfg.partition} split); raise attacker_ratio or set poisoned_rounds=0.")
-    expected = expected_attackers(len(attackers), cfg)
-    check_defense_size(defense, cfg, peers_per_round(cfg), expected)
-    device = torch.device(cfg.device)
-    torch.manual_seed(derive_seed(cfg.seed, "init"))
-    num_outputs = 1 if cfg.loss == "bce_with_logits" else dataset.num_classes
-    model = build_model(cfg.model, num_outputs, **dataset.meta).to(device)
-    check_batchnorm_batches(cfg, model, partition.sizes())
-    layout = layout_of(model)
-    if device.type != "cpu":
-        dataset = FLDataset(dataset.name, dataset.train_x.to(device), dataset.train_y.to(device),
-                            dataset.test_x.to(device), dataset.test_y.to(device), dataset.num_classes,
-                            dataset.class_names, dataset.mean, dataset.std, dataset.meta)
-    is_att = set(attackers.tolist())
-    peers = []
-    for k, idx in enumerate(partition.indices):
-        idx = idx.to(device)
-        labels = dataset.train_y[idx]
-        if k in is_att:
-            labels = attack.poison_labels(labels)
-        peers.append(PeerData(k, idx, labels))
-    clean = (int(len(dataset.train_y)), int(len(dataset.test_y)))  # before any poisoned copies
-    # data poisoning beyond relabelling (partial/several-pair flips, backdoor images); no-op otherwise
-    dataset, peers = attack.poison_data(dataset, peers, attackers, cfg.seed)
-    exp = Experiment(cfg, dataset, partition, attackers, attack, defense, model, layout, peers,
-                     device, expected_attackers=expected, data_sizes=clean, data_record=data)
-    exp.trainer = make_trainer(exp)
-    return exp
-
-
-def check_subset_sizes(cfg: ExperimentConfig, dataset: FLDataset, data_root: str | Path | None = None) -> None:
-    """Refuse ``train_subset`` / ``test_subset`` larger than the data set's split.
-
-    :meth:`FLDataset.subset` keeps a whole split when asked for more than it holds, so such a run
-    would train on fewer samples than its configuration (and its run id) says.
-    """
-    for name, asked, held in (("train_subset", cfg.train_subset, len(dataset.train_y)),
-                              ("test_subset", cfg.test_subset, len(dataset.test_y))):
-        if asked is not None and asked > held:
-            where = f" (data root {data_root})" if data_root is not None else ""
-            raise ConfigError(f"{name}={asked} asks for more samples than the {held} that {dataset.name}{where} "
-                              f"holds; use {name} <= {held}, or {name}=null for all of them.")
-
-
-def check_batchnorm_batches(cfg: ExperimentConfig, model: torch.nn.Module, sizes: np.ndarray) -> None:
-    """Refuse, before training, a run in which a model with BatchNorm would train on a batch of one.
-
-    BatchNorm in training mode needs more than one value per channel: ResNet18 on 32 x 32 images
-    has a 1 x 1 map in ``layer4``, so one sample is one value and the step raises deep inside a
-    round. A batch of one happens when ``batch_size`` is 1, or when ``drop_last`` is False and a
-    peer holds ``n_k = q B + 1`` samples (its last batch of every epoch).
-    """
-    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return
-    if cfg.batch_size == 1:
-        raise ConfigError(f"batch_size=1 cannot train model {cfg.model!r}: its BatchNorm layers need "
-                          f"at least 2 samples a batch; use batch_size >= 2.")
-    if cfg.drop_last:
-        return
-    rest = np.asarray(sizes) % cfg.batch_size
-    tiny = [int(k) for k in np.flatnonzero((rest > 1) & (rest < min(8, cfg.batch_size)))]
-    if tiny:
-        warnings.warn(f"{len(tiny)} peer(s) end every local epoch on a batch of {int(rest[tiny].min())}-"
-                      f"{int(rest[tiny].max())} samples through {cfg.model!r}'s BatchNorm (drop_last=False); "
-                      f"such steps made whole CIFAR10 rounds collapse to one class "
-                      f"(results/reference/medium/last-batch/summary.md): consider drop_last=True.",
-                      RuntimeWarning, stacklevel=3)
-    ones = [int(k) for k in np.flatnonzero(rest == 1)]
-    if ones:
-        shown = ", ".join(f"peer {k} ({int(sizes[k])} samples)" for k in ones[:5])
-        more = f" and {len(ones) - 5} more" if len(ones) > 5 else ""
-        raise ConfigError(
-            f"{shown}{more} would end every local epoch on a batch of 1 sample (batch_size="
-            f"{cfg.batch_size}, drop_last=False), which model {cfg.model!r}'s BatchNorm cannot train "
-            f"on; set drop_last=True (as the authors' code does) or another batch_size.")
-
-
 def select_peers(cfg: ExperimentConfig, round_: int) -> np.ndarray:
     """Line 3-4 of Algorithm 1: ``m = max(C*K, 1)`` peers drawn at random (all when C = 1)."""
     m = peers_per_round(cfg)
@@ -285,34 +118,71 @@ def select_peers(cfg: ExperimentConfig, round_: int) -> np.ndarray:
     return np.sort(rng.choice(cfg.num_peers, size=m, replace=False))
 
 
+def server_view(exp: Experiment, candidates: np.ndarray, global_params: torch.Tensor, global_buffers: torch.Tensor,
+                round_: int, updates: torch.Tensor | None = None,
+                refuses_mixing: torch.Tensor | None = None) -> ServerView:
+    """What the server knows of round ``round_``, for ``candidates`` (the defense's hooks see
+    nothing else): the global model and its layout, the run's seed and sampling rate, the round's
+    ``updates`` and the peers that decline to mix, where given, and ``peer_losses``, which asks the
+    peers for their loss of the global model (:func:`~flhelpers.fl.experiment.global_loss_per_peer`)."""
+    cfg = exp.config
+
+    def peer_losses(ids: np.ndarray) -> np.ndarray:
+        return global_loss_per_peer(exp, np.asarray(ids, dtype=np.int64), global_params, global_buffers)
+
+    return ServerView(round=round_, candidates=np.asarray(candidates, dtype=np.int64), global_params=global_params,
+                      global_buffers=global_buffers, layout=exp.layout, seed=int(cfg.seed),
+                      sampling_rate=peers_per_round(cfg) / cfg.num_peers, updates=updates,
+                      refuses_mixing=refuses_mixing, peer_losses=peer_losses)
+
+
 def screen_peers(exp: Experiment, candidates: np.ndarray, global_params: torch.Tensor,
-                 global_buffers: torch.Tensor, round_: int) -> tuple[np.ndarray, np.ndarray]:
+                 global_buffers: torch.Tensor, round_: int) -> Screening:
     """Let the defense drop peers *before* training (user elimination, FFL's reputation).
 
-    A defense may define ``select_peers(candidates, experiment, global_params, global_buffers,
-    round) -> kept ids``; dropped peers count as rejected in the detection metrics.
+    A defense may define ``select_peers(view) -> Screening``
+    (:class:`~flhelpers.defenses.base.ScreeningHook`); the kept ids come back sorted, with the
+    hook's note for the round's aggregate. Dropped peers count as rejected in the detection metrics.
     """
     select = getattr(exp.defense, "select_peers", None)
     if select is None:
-        return candidates, np.array([], dtype=np.int64)
-    kept = np.sort(np.asarray(select(candidates, exp, global_params, global_buffers, round_), dtype=np.int64))
+        return Screening(candidates)
+    answer = as_screening(select(server_view(exp, candidates, global_params, global_buffers, round_)))
+    kept = np.sort(answer.kept)
     if len(kept) == 0:
         raise RuntimeError(f"{exp.defense!r} dropped every peer in round {round_}.")
-    return kept, np.setdiff1d(candidates, kept)
+    if not np.isin(kept, candidates).all():
+        raise RuntimeError(f"{exp.defense!r} selected peers {np.setdiff1d(kept, candidates).tolist()} that are not "
+                           f"among round {round_}'s candidates.")
+    return Screening(kept, answer.note)
 
 
-def aggregate_round(exp: Experiment, updates: torch.Tensor, peer_ids: np.ndarray,
-                    global_params: torch.Tensor, round_: int) -> tuple[AggregationResult, AggregationContext]:
-    """Build the round's context and aggregate with :func:`guarded_aggregate`."""
+def transform_round(exp: Experiment, updates: torch.Tensor, peer_ids: np.ndarray, global_params: torch.Tensor,
+                    global_buffers: torch.Tensor, round_: int) -> Transformed:
+    """The defense's ``transform_updates`` hook (:class:`~flhelpers.defenses.base.TransformHook`:
+    FFL's mixing) on the round's sent updates; the peers that decline to mix are the attack's
+    answer (:meth:`~flhelpers.attacks.base.Attack.refuses_mixing`). Without the hook: the updates as sent."""
+    transform = getattr(exp.defense, "transform_updates", None)
+    if transform is None:
+        return Transformed(updates)
+    refusing = exp.attack.refuses_mixing(torch.as_tensor(exp.is_attacker[peer_ids]), round_)
+    return as_transformed(transform(server_view(exp, peer_ids, global_params, global_buffers, round_,
+                                                updates=updates, refuses_mixing=refusing)))
+
+
+def aggregate_round(exp: Experiment, updates: torch.Tensor, peer_ids: np.ndarray, global_params: torch.Tensor,
+                    round_: int, screening: Any = None,
+                    transform: Any = None) -> tuple[AggregationResult, AggregationContext]:
+    """Build the round's context (with the notes of the defense's hooks) and aggregate with
+    :func:`guarded_aggregate`."""
     cfg = exp.config
     sizes = torch.tensor([exp.peers[k].num_samples for k in peer_ids], dtype=torch.float32)
     ctx = AggregationContext(
         layout=exp.layout, num_classes=exp.dataset.num_classes, round=round_,
         peer_ids=torch.as_tensor(peer_ids), num_samples=sizes,
         expected_attackers=exp.expected_attackers, lr=cfg.lr, global_params=global_params,
-        seed=derive_seed(cfg.seed, "defense", round_) % 2**31)
+        seed=derive_seed(cfg.seed, "defense", round_) % 2**31, screening=screening, transform=transform)
     return guarded_aggregate(exp.defense, updates, ctx), ctx
-
 
 
 def train_attacked_round(exp: Experiment, peer_ids: np.ndarray, global_params: torch.Tensor,
@@ -328,29 +198,6 @@ def train_attacked_round(exp: Experiment, peer_ids: np.ndarray, global_params: t
 
 
 # ----------------------------------------------------------------------------- the run
-
-
-def _config_record(exp: Experiment) -> dict[str, Any]:
-    return {
-        "config": exp.config.to_dict(),
-        "run_id": exp.config.run_id(),
-        "attackers": exp.attackers.tolist(),
-        "expected_attackers": exp.expected_attackers,
-        # which training set the run used (the data root may hold more or less than the config asks)
-        "train_samples": exp.data_sizes[0],
-        "test_samples": exp.data_sizes[1],
-        # what was read: checked before the run is reused or resumed (not in the run id)
-        "data": exp.data_record,
-        "partition_sizes": exp.partition.sizes().tolist(),
-        "partition_histogram": exp.partition.histogram.tolist(),
-        "num_parameters": exp.layout.dim,
-        "trainer": getattr(exp.trainer, "name", type(exp.trainer).__name__),
-        "backend_reason": getattr(exp, "backend_reason", "") or f"backend={exp.config.backend!r}",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "flhelpers": __version__},
-        "torch_num_threads": torch.get_num_threads(),
-        "runtime": runtime_record(exp),  # device, CUDA/cuDNN, precision flags, mode, chunk (not in the run id)
-    }
 
 
 @dataclass
@@ -372,12 +219,12 @@ def _resume(exp: Experiment, path: Path, run_id: str) -> tuple[_State | None, di
     if state.get("fingerprint") != expected:
         warnings.warn(f"Ignoring checkpoint of run {run_id}: the partition or the attackers rebuilt "
                       f"from the seed differ from the checkpoint's (the data or flhelpers changed); "
-                      f"starting the run afresh.", stacklevel=3)
+                      f"starting the run afresh.", stacklevel=4)
         return None, {}
     if state.get("num_threads") != torch.get_num_threads():
         warnings.warn(f"Resuming run {run_id} with {torch.get_num_threads()} torch threads; it was "
                       f"checkpointed with {state.get('num_threads')}. Float sums may differ in the last "
-                      f"digits from an uninterrupted run.", stacklevel=3)
+                      f"digits from an uninterrupted run.", stacklevel=4)
     problem = resume_problem(state.get("runtime"), resume_key(exp))
     if problem:
         raise ConfigError(f"Refusing to resume run {run_id} from its checkpoint under another device or mode "
@@ -410,70 +257,62 @@ def _public(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k != METRICS_DIGEST}
 
 
-class DataMismatchError(ValueError):
-    """A stored run was computed on other data than the data root holds now (same config, same
-    run id): reusing or resuming it would mix two data sets' numbers."""
+def play_round(exp: Experiment, st: _State, r: int, on_round: Callable[[RoundRecord], None] | None = None
+               ) -> tuple[AggregationResult, torch.Tensor, float, float]:
+    """Round ``r`` of Algorithm 1 on the run's state ``st`` (moved on: model, detection counts,
+    next round): ``(result, verdict, train time, aggregation time)``, ``verdict`` the defense's
+    ``accepted`` mask (the step itself may differ: ``poisoned_rounds``)."""
+    cfg, is_attacker = exp.config, exp.is_attacker
+    candidates = select_peers(cfg, r)
+    t0 = time.perf_counter()
+    screening = screen_peers(exp, candidates, st.global_params, st.global_buffers, r)
+    poisoned = r < cfg.poisoned_rounds  # the defense's hooks ran; its choice is not applied
+    peer_ids = candidates if poisoned else screening.kept
+    updates, buffers = train_attacked_round(exp, peer_ids, st.global_params, st.global_buffers, r)
+    updates = exp.attack.poison_updates(
+        updates, torch.as_tensor(is_attacker[peer_ids]), r,
+        torch_generator(cfg.seed, "attack", r), exp.layout)
+    sent = updates  # as the peers sent them, before a defense's transform
+    transformed = transform_round(exp, updates, peer_ids, st.global_params, st.global_buffers, r)
+    updates = transformed.updates
+    t1 = time.perf_counter()
+    result, ctx = aggregate_round(exp, updates, peer_ids, st.global_params, r, screening.note, transformed.note)
+    verdict = result.accepted  # the defense's, for the detection counts
+    if poisoned:  # ExperimentConfig.poisoned_rounds: the attackers' FedAvg is the step
+        result = attackers_mean(sent, torch.as_tensor(is_attacker[peer_ids]), ctx.num_samples, result)
+    st.global_params, discarded = apply_update(st.global_params, result)
+    if not discarded:
+        st.global_buffers = average_buffers(st.global_buffers, buffers, buffer_weights(result, ctx.num_samples),
+                                            result.accepted)
+    t2 = time.perf_counter()
+    if on_round is not None:
+        on_round(RoundRecord(r, peer_ids, is_attacker[peer_ids], updates, result, ctx, discarded))
+    in_round = np.isin(candidates, peer_ids)
+    accepted_all = np.zeros(len(candidates), dtype=bool)
+    accepted_all[in_round] = verdict.cpu().numpy()[np.searchsorted(peer_ids, candidates[in_round])]
+    st.progress.add_round(detection_counts(accepted_all, is_attacker[candidates]),
+                          int(result.info.get("non_finite", 0)), discarded)
+    st.next_round = r + 1
+    return result, verdict, t1 - t0, t2 - t1
 
 
-def _recorded_data(path: Path) -> dict[str, Any] | None:
-    """The ``data`` record of the run's ``config.json``; ``None`` for runs written before flhelpers
-    recorded it (nothing to compare) or when the file is unreadable (checked elsewhere)."""
-    try:
-        record = read_json(Path(path) / CONFIG)
-    except (OSError, ValueError):
-        return None
-    data = record.get("data") if isinstance(record, dict) else None
-    return data if isinstance(data, dict) and data else None
-
-
-def _describe_data(record: dict[str, Any]) -> str:
-    files = ", ".join(f"{k} {v:,} B" for k, v in sorted(record.get("source_files", {}).items()))
-    return (f"{record.get('train_samples')} training / {record.get('test_samples')} test samples, training "
-            f"SHA-256 {str(record.get('train_sha256'))[:12]}" + (f"; read from {files}" if files else ""))
-
-
-def check_same_data(run_id: str, path: Path, recorded: dict[str, Any] | None, current: dict[str, Any]) -> None:
-    """Refuse a stored run whose recorded data differs from ``current`` (the data loaded now).
-
-    Compared: the SHA-256 of the training and of the test tensors after subsetting. Runs without a
-    record (written before it existed) pass: there is nothing to compare them with.
-
-    Raises:
-        DataMismatchError: naming both data sets and the fixes.
-    """
-    if not recorded:
-        return
-    if all(recorded.get(k) == current.get(k) for k in ("train_sha256", "test_sha256")):
-        return
-    raise DataMismatchError(
-        f"Run {run_id} in {path} was computed on other data ({_describe_data(recorded)}) than the data root "
-        f"gives now ({_describe_data(current)}); recompute it on this data with force=True (--force), or "
-        f"use another results folder (--results-dir).")
-
-
-def _current_data(cfg: ExperimentConfig, data_root: str | Path | None, dataset: FLDataset | None,
-                  run_id: str) -> dict[str, Any] | None:
-    """:func:`dataset_record` of the data the run would use now, without building the run (the
-    loaders' caches make this cheap in a grid); ``None``, with a warning, when the data cannot
-    be loaded here (a machine holding results only): the stored run is then reused unchecked."""
-    if dataset is None:
-        from flhelpers.data import dataset_options
-        from flhelpers.data import load_dataset as load
-        from flhelpers.data.download import DataCorruptError
-
-        kwargs = dict(cfg.dataset_kwargs)
-        try:  # never download just to check a stored run
-            if "download" in (dataset_options(cfg.dataset) or []):
-                kwargs.setdefault("download", False)
-        except ValueError:  # a data set not registered in this process: loading says so below
-            pass
-        try:
-            dataset = load(cfg.dataset, data_root, **kwargs)
-        except (DataMissingError, DataCorruptError, OSError, ValueError) as exc:  # absent, damaged, unknown here
-            warnings.warn(f"Reusing run {run_id} without checking its data: the data cannot be loaded here "
-                          f"({type(exc).__name__}: {exc}).", stacklevel=4)
-            return None
-    return dataset_record(_subset(cfg, dataset))
+def evaluate_round(exp: Experiment, st: _State, r: int, verdict: torch.Tensor,
+                   result: AggregationResult) -> Evaluation:
+    """Test the global model after round ``r`` and append its metrics row to ``st``."""
+    cfg = exp.config
+    load_flat_params(exp.model, st.global_params)
+    if st.global_buffers.numel():
+        load_flat_buffers(exp.model, st.global_buffers)
+    ev = evaluate(exp.model, exp.dataset, cfg.loss, cfg.source_class, cfg.target_class,
+                  cfg.eval_batch_size, exp.device)
+    st.progress.rows.append({"round": r, **ev.as_row(), **attack_metrics(
+                                 exp.model, exp.dataset, exp.attack, cfg.loss, cfg.eval_batch_size,
+                                 exp.device), **st.progress.take_pending(),
+                             **{f"cum_{k}": v for k, v in st.progress.cum.items()},
+                             "accepted": int(verdict.sum()),
+                             # privacy spent so far, when the rule is differentially private
+                             **{k: result.info[k] for k in ("epsilon", "delta") if k in result.info}})
+    return ev
 
 
 def _reuse(cfg: ExperimentConfig, path: Path, run_id: str, data_root: str | Path | None = None,
@@ -488,9 +327,9 @@ def _reuse(cfg: ExperimentConfig, path: Path, run_id: str, data_root: str | Path
     except ValueError as exc:
         warnings.warn(f"Recomputing run {run_id}: {exc}", stacklevel=3)
         return None
-    recorded = _recorded_data(path)
+    recorded = recorded_data(path)
     if recorded:
-        current = _current_data(cfg, data_root, dataset, run_id)
+        current = current_data(cfg, data_root, dataset, run_id)
         if current is not None:
             check_same_data(run_id, path, recorded, current)
     remove_checkpoint(path)  # a crash after the summary was written can leave one behind
@@ -557,100 +396,73 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
                                on_round, stop_after, after_round)
 
 
+def _check_run_args(checkpoint_every: Any, stop_after: Any) -> None:
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be an integer >= 0 (0: no checkpoints), got {checkpoint_every!r}.")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
+                                   or stop_after < 1):
+        raise ConfigError(f"stop_after must be None or an integer >= 1, got {stop_after!r}.")
+
+
+def _open_folder(exp: Experiment, final: Path, run_id: str, force: bool) -> Path:
+    """The folder the run is computed in, made ready, with its ``config.json``: ``final``, or a
+    sibling when ``final`` holds a finished run, which stays until the new one is complete. A
+    checkpoint to resume must be of the data the run uses now."""
+    path = final
+    if is_finished(final):  # recomputed beside the finished run, which stays until the new one is complete
+        path = recompute_dir(final)
+        shutil.rmtree(path, ignore_errors=True)
+    elif not force and (path / CHECKPOINT).is_file():  # resuming: only on the data it started on
+        check_same_data(run_id, path, recorded_data(path), exp.data_record)
+    path.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(path)
+    (path / SUMMARY).unlink(missing_ok=True)  # from here on the folder holds an unfinished run
+    if force:
+        remove_checkpoint(path)
+    atomic_write_json(path / CONFIG, experiment_record(exp))
+    return path
+
+
+def _start(exp: Experiment, path: Path, final: Path, run_id: str, force: bool) -> tuple[_State, dict[str, Any]]:
+    """The run's state at its first round to compute: from its checkpoint, or round 0."""
+    st, extra = (None, {}) if force or path != final else _resume(exp, path, run_id)
+    if st is None:
+        st = _State(0, flatten_params(exp.model), flatten_buffers(exp.model), Progress())
+    return st, extra
+
+
 def _run_experiment(cfg: ExperimentConfig, data_root: str | Path | None = None,
                     results_dir: str | Path = "results", force: bool = False, progress: bool = True,
                     dataset: FLDataset | None = None, checkpoint_every: int = 1,
                     on_round: Callable[[RoundRecord], None] | None = None,
                     stop_after: int | None = None,
                     after_round: Callable[[Progress], bool] | None = None) -> RunResult:
-    """:func:`run_experiment` inside the run's lock."""
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
-        raise ConfigError(f"checkpoint_every must be an integer >= 0 (0: no checkpoints), got {checkpoint_every!r}.")
-    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
-                                   or stop_after < 1):
-        raise ConfigError(f"stop_after must be None or an integer >= 1, got {stop_after!r}.")
+    """:func:`run_experiment` inside the run's lock: reuse, or build, then the round loop."""
+    _check_run_args(checkpoint_every, stop_after)
     check_results_dir(results_dir, writable=False)  # None, a file: one clear line before anything else
     run_id = cfg.run_id()
-    path = run_dir(results_dir, run_id)
-    if is_finished(path) and not force and on_round is None:
-        reused = _reuse(cfg, path, run_id, data_root, dataset)
+    final = run_dir(results_dir, run_id)
+    if is_finished(final) and not force and on_round is None:
+        reused = _reuse(cfg, final, run_id, data_root, dataset)
         if reused is not None:
             return reused
     check_results_dir(results_dir)  # a run to compute must be writable: say so before loading data
     exp = build_experiment(cfg, data_root, dataset)
-    final = path
-    if is_finished(final):  # recomputed beside the finished run, which stays until the new one is complete
-        path = recompute_dir(final)
-        shutil.rmtree(path, ignore_errors=True)
-    elif not force and (path / CHECKPOINT).is_file():  # resuming: only on the data it started on
-        check_same_data(run_id, path, _recorded_data(path), exp.data_record)
-    path.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(path)
-    (path / SUMMARY).unlink(missing_ok=True)  # from here on the folder holds an unfinished run
-    if force:
-        remove_checkpoint(path)
-    atomic_write_json(path / CONFIG, _config_record(exp))
-
-    st, extra = (None, {}) if force or path != final else _resume(exp, path, run_id)
-    if st is None:
-        st = _State(0, flatten_params(exp.model), flatten_buffers(exp.model), Progress())
-    is_attacker = exp.is_attacker
+    path = _open_folder(exp, final, run_id, force)
+    st, extra = _start(exp, path, final, run_id, force)
     bar = tqdm(range(st.next_round, cfg.rounds), desc=f"{cfg.benchmark} {cfg.defense} {cfg.attacker_ratio:.0%}",
                disable=not progress, initial=st.next_round, total=cfg.rounds, leave=False)
     for r in bar:
-        candidates = select_peers(cfg, r)
-        t0 = time.perf_counter()
-        peer_ids, _ = screen_peers(exp, candidates, st.global_params, st.global_buffers, r)
-        poisoned = r < cfg.poisoned_rounds  # the defense's hooks ran; its choice is not applied
-        if poisoned:
-            peer_ids = candidates
-        updates, buffers = train_attacked_round(exp, peer_ids, st.global_params, st.global_buffers, r)
-        updates = exp.attack.poison_updates(
-            updates, torch.as_tensor(is_attacker[peer_ids]), r,
-            torch_generator(cfg.seed, "attack", r), exp.layout)
-        sent = updates  # as the peers sent them, before a defense's transform
-        transform = getattr(exp.defense, "transform_updates", None)
-        if transform is not None:
-            updates = transform(updates, peer_ids, is_attacker[peer_ids], r)
-        t1 = time.perf_counter()
-        result, ctx = aggregate_round(exp, updates, peer_ids, st.global_params, r)
-        verdict = result.accepted  # the defense's, for the detection counts
-        if poisoned:  # ExperimentConfig.poisoned_rounds: the attackers' FedAvg is the step
-            result = attackers_mean(sent, torch.as_tensor(is_attacker[peer_ids]), ctx.num_samples, result)
-        st.global_params, discarded = apply_update(st.global_params, result)
-        if not discarded:
-            st.global_buffers = average_buffers(st.global_buffers, buffers, buffer_weights(result, ctx.num_samples),
-                                                result.accepted)
-        t2 = time.perf_counter()
-        if on_round is not None:
-            on_round(RoundRecord(r, peer_ids, is_attacker[peer_ids], updates, result, ctx, discarded))
-        in_round = np.isin(candidates, peer_ids)
-        accepted_all = np.zeros(len(candidates), dtype=bool)
-        accepted_all[in_round] = verdict.cpu().numpy()[np.searchsorted(peer_ids, candidates[in_round])]
-        st.progress.add_round(detection_counts(accepted_all, is_attacker[candidates]),
-                              int(result.info.get("non_finite", 0)), discarded)
-        st.next_round = r + 1
+        result, verdict, train_time, aggregation_time = play_round(exp, st, r, on_round)
         last = r == cfg.rounds - 1
         eval_time = 0.0
         if (r + 1) % cfg.eval_every == 0 or last:
             t3 = time.perf_counter()
-            load_flat_params(exp.model, st.global_params)
-            if st.global_buffers.numel():
-                load_flat_buffers(exp.model, st.global_buffers)
-            ev = evaluate(exp.model, exp.dataset, cfg.loss, cfg.source_class, cfg.target_class,
-                          cfg.eval_batch_size, exp.device)
-            st.progress.rows.append({"round": r, **ev.as_row(), **attack_metrics(
-                                         exp.model, exp.dataset, exp.attack, cfg.loss, cfg.eval_batch_size,
-                                         exp.device), **st.progress.take_pending(),
-                                     **{f"cum_{k}": v for k, v in st.progress.cum.items()},
-                                     "accepted": int(verdict.sum()),
-                                     # privacy spent so far, when the rule is differentially private
-                                     **{k: result.info[k] for k in ("epsilon", "delta")
-                                        if k in result.info}})
+            ev = evaluate_round(exp, st, r, verdict, result)
             eval_time = time.perf_counter() - t3
             bar.set_postfix(acc=f"{ev.accuracy:.3f}", src=f"{ev.source_accuracy:.3f}",
                             asr=f"{ev.attack_success_rate:.3f}")
-        st.progress.timings.append({"round": r, "train_time": t1 - t0, "aggregation_time": t2 - t1,
+        st.progress.timings.append({"round": r, "train_time": train_time, "aggregation_time": aggregation_time,
                                     "eval_time": eval_time})
         asked = after_round is not None and bool(after_round(st.progress))  # called after the last round too
         stopping = not last and (asked or (stop_after is not None and r + 1 >= stop_after))
