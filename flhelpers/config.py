@@ -1,6 +1,6 @@
 """Experiment configuration, the paper's benchmarks as presets, and validation before training.
 
-:func:`benchmark_config` gives the paper's hyperparameters (PAPER.md section 1) for
+:func:`benchmark_config` gives the paper's hyperparameters (the paper's setup) for
 ``profile="paper"``, a ``medium`` profile (the paper's structure with fewer rounds and local
 epochs, minutes per run on 2 CPU cores) and a small ``quick`` profile that runs in minutes on 2
 CPU cores and still shows the attack's effect. Any field can be overridden.
@@ -41,7 +41,7 @@ LEGACY_VALUES: dict[str, Any] = {"drop_last": False, "poisoned_rounds": 0, "prec
 #: with the new default written out (ExperimentConfig.run_id), so its id differs from the one
 #: the same config had when the absent argument meant the old behaviour, and a run computed
 #: then is never reused as one of the new behaviour. A config passing the argument explicitly
-#: hashes the same. ALIE's ``statistics`` (issue 29): absent meant "honest" (omniscient), now
+#: hashes the same. ALIE's ``statistics``: absent meant "honest" (omniscient), now
 #: "attackers" (Baruch et al.); no committed run used ALIE, so no committed id changes.
 HASHED_KWARG_DEFAULTS: dict[str, dict[str, Any]] = {"alie": {"statistics": "attackers"}}
 
@@ -90,13 +90,13 @@ class ExperimentConfig:
     it changes the numbers: autocast runs convolutions and matrix products in bfloat16 (8 bits of
     mantissa) while the parameters, gradients, optimizer state, the averaged model, the defenses
     and the evaluation stay float32. On this CPU it made a ResNet18 step of 32 CIFAR10 images
-    15-25 % faster (issue 18; ``benchmarks/precision.py`` measures it). Under bfloat16 the two
+    15-25 % faster (``benchmarks/precision.py`` measures it). Under bfloat16 the two
     backends agree only to bfloat16's precision (their reduction orders differ, and 8-bit
     mantissas amplify that: two local steps of ResNet18 or of the IMDB BiLSTM end 19-33 % of the
     update's norm apart, as far as from float32), so a run's numbers depend on its backend too.
     The paper and the authors' code train in float32.
 
-    ``poisoned_rounds`` (``k``, default 0: off): a *poisoned start* (issue 19, section 1). In
+    ``poisoned_rounds`` (``k``, default 0: off): a *poisoned start*. In
     rounds ``t < k`` the server's step is FedAvg over the attackers' updates only, whatever
     the defense,
 

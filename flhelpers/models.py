@@ -1,4 +1,4 @@
-"""The paper's three models (PAPER.md section 1).
+"""The paper's three models (the paper's setup).
 
 * :class:`MnistCNN` - the small CNN of the authors' MNIST experiments, exactly 21,840 parameters.
 * :func:`cifar_resnet18` - torchvision's ``resnet18(num_classes=10)``, ImageNet stem included,

@@ -39,7 +39,7 @@ from flhelpers.results import atomic_write_csv
 
 NOTEBOOKS = ("MNIST", "CIFAR10", "IMDB")
 #: what ``make reproduce`` runs: the benchmark notebooks, then the related systems, privacy, and the
-#: attacks beyond the paper (issue 20)
+#: attacks beyond the paper
 ALL_NOTEBOOKS = NOTEBOOKS + ("Related", "Privacy", "Beyond")
 #: the notebooks with a medium profile (Beyond only when asked for: its medium runs are not all committed)
 MEDIUM_NOTEBOOKS = NOTEBOOKS + ("Beyond",)

@@ -1,12 +1,12 @@
 """Every attack, looked up by name in ``flhelpers.registry.ATTACKS``; one module each over one base.
 
 * data poisoning: ``label_flip`` (the paper's attack, :mod:`~flhelpers.attacks.label_flip`);
-* model poisoning (PAPER.md section 7), each replacing or perturbing the attackers' rows of the
+* model poisoning (the paper's related systems), each replacing or perturbing the attackers' rows of the
   ``K x D`` update matrix, so it combines with every benchmark and rule: ``gaussian-noise`` (FFL,
   :mod:`~flhelpers.attacks.gaussian_noise`), ``ipm`` (Xie et al.'s inner-product manipulation,
   :mod:`~flhelpers.attacks.ipm`), ``alie`` (Baruch et al.'s "a little is enough",
   :mod:`~flhelpers.attacks.alie`);
-* data poisoning beyond the paper (issue 20, :mod:`~flhelpers.attacks.data_poisoning`: each
+* data poisoning beyond the paper (:mod:`~flhelpers.attacks.data_poisoning`: each
   attacks a round with probability ``rate`` and from ``start_round`` on): ``timed-flip``
   (:mod:`~flhelpers.attacks.timed_flip`), ``partial-flip`` (a share ``q`` of the source samples,
   :mod:`~flhelpers.attacks.partial_flip`), ``multi-pair-flip`` (several pairs,
@@ -50,7 +50,7 @@ def _none(**_) -> Attack:
 MODEL_POISONING_ATTACKS = {cls.name: model_poisoning_factory(cls)
                            for cls in (GaussianNoise, InnerProductManipulation, ALittleIsEnough)}
 
-#: the data-poisoning attacks of issue 20: name -> registry factory (called as above)
+#: the data-poisoning attacks of the Beyond study: name -> registry factory (called as above)
 DATA_POISONING_ATTACKS = {cls.name: data_poisoning_factory(cls)
                           for cls in (TimedFlip, PartialFlip, MultiPairFlip, CamouflageFlip, Backdoor)}
 

@@ -6,7 +6,7 @@ An attack may poison a peer's *data* before local training (label flipping) and/
 the stacked ``K x D`` updates of the round. :class:`ModelPoisoning` is the base of the attacks
 that replace or perturb the attackers' rows of that matrix (honest before ``start_round``).
 
-Three more hooks let an attack change what peers train on without touching any trainer (issue 20;
+Three more hooks let an attack change what peers train on without touching any trainer (the Beyond study's attacks;
 :class:`~flhelpers.attacks.data_poisoning.DataPoisoning` uses them): :meth:`Attack.poison_data`
 once before training (new labels, new images appended to the data set), :meth:`Attack.round_peers`
 each round (which data each peer trains on, plus extra trainings), and :meth:`Attack.merge_round`
@@ -15,7 +15,7 @@ returns, so the sequential and the vectorized backends train the same data. Two 
 extra metrics a run has: :meth:`Attack.evaluation_pairs` and :meth:`Attack.stamp_trigger`.
 
 What attackers do when a rule has the peers mix their updates pairwise (FFL's mixing,
-:mod:`flhelpers.defenses.ffl`) is the attack's too (issue 31): :meth:`Attack.refuses_mixing` says
+:mod:`flhelpers.defenses.ffl`) is the attack's too: :meth:`Attack.refuses_mixing` says
 which peers of a round send their own update unmixed. Every attack takes the option
 ``attack_kwargs={"mix": False}`` (:data:`MIX_OPTION`; the attackers decline, FFL's second attacker
 strategy), read by :func:`split_mix_option` when the engine builds the attack; by default they mix

@@ -1,4 +1,4 @@
-"""Camouflage against LFighter (issue 20): a flipper that hides its output layer.
+"""Camouflage against LFighter: a flipper that hides its output layer.
 
 The attacker knows LFighter (Jebreel et al. 2023, Procedure 1) clusters peers on the
 output-layer gradient rows of the two largest neurons. Each round it attacks, it trains twice
@@ -11,7 +11,7 @@ labels (update ``U^f``), once on its true labels (``U^c``), and sends
 ``lam = 0`` is the paper's flipper (:class:`~flhelpers.attacks.label_flip.LabelFlip`); at
 ``lam = 1`` its output layer is an honest peer's, and the flip survives only through the
 feature layers. The trade-off, ASR against LFighter's detection TPR as ``lam`` grows, is the
-study's camouflage curve. Source: the construction of issue 20 of this project; it is a
+study's camouflage curve. Source: this project's own construction (the Beyond study); it is a
 hand-made instance of the stealth idea of Bhagoji et al. ("Analyzing Federated Learning
 through an Adversarial Lens", ICML 2019), who keep a malicious update close to a benign one.
 The clean training doubles an attacker's compute in the rounds it attacks.

@@ -1,4 +1,4 @@
-"""The base of the attacks that poison attackers' training data, and when they attack (issue 20).
+"""The base of the attacks that poison attackers' training data, and when they attack.
 
 A data-poisoning attack rewrites each attacker's training data once, before training
 (:meth:`DataPoisoning.poison_peer`: its labels and, for a backdoor, some of its images), and in
@@ -8,7 +8,7 @@ every round decides whether the attacker trains on that poisoned data or on its 
 
 with ``u_{k,t}`` drawn from ``torch_generator(seed, "attack-timing", t, k)`` (no draw at
 ``p = 1``). ``p`` (``rate``) is the per-round probability of attacking (named
-``malicious_behavior_rate`` in the authors' released code, as issue 20 reports); ``R0``
+``malicious_behavior_rate`` in the authors' released code); ``R0``
 (``start_round``) lets the model learn the source class before the first attack. At ``p = 1,
 R0 = 0`` every attacker attacks in every round, the paper's attacker.
 

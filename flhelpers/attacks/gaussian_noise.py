@@ -1,4 +1,4 @@
-"""FFL's Gaussian-noise attack (``ffl-readme.md``, PAPER.md section 7): the attacker sends its
+"""FFL's Gaussian-noise attack (``ffl-readme.md``, the paper's related systems): the attacker sends its
 trained model with noise ``N(0, sigma^2)`` added to each tensor, each tensor perturbed with
 probability ``prob``. Adding noise to the model ``W_k`` adds the same noise to the update ``W_k - W``.
 """

@@ -1,11 +1,11 @@
-"""Several source -> target pairs at once (issue 20).
+"""Several source -> target pairs at once.
 
 Definition: given pairs ``(s_1 -> t_1), ..., (s_P -> t_P)`` with distinct sources, an attacker
 relabels its ``s_j`` samples as ``t_j`` for the pairs it carries (all at once, from the true
 labels, so a chain ``7 -> 1, 1 -> 7`` swaps). ``spread="each"``: every attacker carries every
 pair; ``spread="split"``: the ``i``-th attacker (in increasing peer id) carries pair
 ``i mod P`` only. LFighter's Procedure 1 assumes the two largest output neurons are the source
-and the target; with two pairs there are four relevant neurons. Source: issue 20 of this
+and the target; with two pairs there are four relevant neurons. Source: this project's Beyond study
 project (the paper, Jebreel et al. 2023, section 3, attacks one pair). With the single pair
 ``(source_class, target_class)`` it is :class:`~flhelpers.attacks.label_flip.LabelFlip`.
 

@@ -1,10 +1,10 @@
-"""Partial flipping (issue 20): each attacker flips only a share ``q`` of its source-class samples.
+"""Partial flipping: each attacker flips only a share ``q`` of its source-class samples.
 
 Definition: attacker ``k`` holding ``n_k`` samples of ``source_class`` relabels
 ``m_k = floor(q n_k + 1/2)`` of them as ``target_class``: the first ``m_k`` of the permutation
 ``torch.randperm(n_k, generator=torch_generator(seed, "partial-flip", k))`` of its source-class
 positions; the rest keep their true label. Less poisoned signal per attacker, in the
-output-layer rows LFighter clusters on, too. Source: issue 20 of this project, a weakened form
+output-layer rows LFighter clusters on, too. Source: this project's Beyond study, a weakened form
 of the paper's attack (Jebreel et al., LFighter, 2023, section 3), whose attackers flip every
 source-class sample; at ``q = 1`` it is that attack
 (:class:`~flhelpers.attacks.label_flip.LabelFlip`). Takes ``rate`` and

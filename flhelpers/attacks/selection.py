@@ -9,7 +9,7 @@ from flhelpers.data.partition import Partition
 
 def num_attackers(ratio: float, partition: Partition, source_class: int, scheme: str,
                   needs_source_holders: bool) -> int:
-    """How many attackers a ratio means (PAPER.md section 1).
+    """How many attackers a ratio means (the paper's setup).
 
     In the extreme split the ratio is a fraction of the peers holding the source class
     (40 % of the 10 class-7 peers = 4); otherwise a fraction of all peers. Rounded to nearest.

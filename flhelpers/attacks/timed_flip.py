@@ -1,4 +1,4 @@
-"""When to attack (issue 20): the paper's label flip, but each attacker attacks a round only with
+"""When to attack: the paper's label flip, but each attacker attacks a round only with
 probability ``p``, and only from round ``R0`` on.
 
 Definition: attacker ``k`` trains in round ``t`` on its labels with every ``source_class``
@@ -6,7 +6,7 @@ label set to ``target_class`` when ``t >= R0`` and ``u_{k,t} < p`` (``u_{k,t} ~ 
 seeded by ``(seed, "attack-timing", t, k)``), and on its true labels otherwise
 (:class:`~flhelpers.attacks.data_poisoning.DataPoisoning`). Source: the per-round probability
 is the ``malicious_behavior_rate`` of the authors' released code (Jebreel et al., LFighter,
-2023; named so in issue 20); a late start lets the model learn the source class first. At
+2023; named so here); a late start lets the model learn the source class first. At
 ``p = 1, R0 = 0`` it is the paper's attack, :class:`~flhelpers.attacks.label_flip.LabelFlip`.
 """
 

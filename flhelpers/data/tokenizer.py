@@ -14,7 +14,7 @@ The :class:`Vocabulary` keeps the ``max_size`` most frequent tokens *including* 
 specials ``<pad>`` = 0 and ``<unk>`` = 1; ties in frequency are broken by the token's text,
 so the result does not depend on the order reviews were seen. Build it on the training
 reviews only: the authors' code fitted its tokenizer on the test reviews too (see
-``shared/PAPER.md`` §6), which leaks test vocabulary into training.
+this project's notes on the authors' code), which leaks test vocabulary into training.
 
 :func:`pad_truncate` fixes every sequence to ``max_len`` ids (128 in the paper's setup).
 Reviews longer than ``max_len`` keep their **end** (the beginning is cut; a review's closing

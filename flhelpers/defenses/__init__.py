@@ -2,7 +2,7 @@
 
 * the paper's rules: ``fedavg``, ``median``, ``repeated-median``, ``trimmed-mean``, ``krum``,
   ``multi-krum``, ``foolsgold``, ``lfighter``; its journal version adds ``tolpegin`` and ``flame``;
-* the related systems (PAPER.md section 7): ``ffl`` (Fragmented FL's mixing and reputation) and
+* the related systems (the paper's related systems): ``ffl`` (Fragmented FL's mixing and reputation) and
   ``ffl-mixing`` (the mixing in front of any rule) in :mod:`~flhelpers.defenses.ffl`;
   ``user-elimination`` (LDP loss reports, 1-D k-means, separation test) in
   :mod:`~flhelpers.defenses.user_elimination`;

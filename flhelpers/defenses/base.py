@@ -11,7 +11,7 @@ Conventions (all rules follow them):
 * ``accepted`` is a boolean mask over the K peers: ``False`` means the rule excluded the peer
   (or gave it zero weight). The detection metrics compare it with the true attackers.
 
-The hooks (issue 31). Every rule aggregates (:class:`AggregationHook`); a rule may also screen
+The hooks. Every rule aggregates (:class:`AggregationHook`); a rule may also screen
 the round's peers before they train (:class:`ScreeningHook`: user elimination, FFL's reputation)
 and transform the sent updates before its aggregate (:class:`TransformHook`: FFL's mixing). The
 two extra hooks see a :class:`ServerView`, what a server knows of the round, never the run's

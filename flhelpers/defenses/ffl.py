@@ -1,7 +1,7 @@
 """Fragmented Federated Learning (FFL): pairwise mixing of updates, and its reputation defense.
 
 Seed: ``ffl-readme.md`` ("Enhanced Security and Privacy via Fragmented Federated Learning",
-Jebreel, Domingo-Ferrer, Blanco-Justicia, Sanchez). PAPER.md section 7.
+Jebreel, Domingo-Ferrer, Blanco-Justicia, Sanchez). the paper's related systems.
 
 Mixing (:func:`mix_pairs`): the selected peers pair up at random; the two peers of a pair
 swap a random half of their update coordinates. With a fresh mask ``m ~ Bernoulli(0.5)^d``
@@ -250,7 +250,7 @@ class FFL(Defense):
         per_tensor: one mask per pair and tensor (True) or one per pair over the whole update.
         seed: the mixing seed; ``None`` uses the run's seed (``view.seed``).
 
-    Whether attackers mix was ``attackers_mix`` here before issue 31; it is the attack's choice
+    Whether attackers mix was ``attackers_mix`` here before; it is the attack's choice
     now: ``attack_kwargs={"mix": False}`` (the same runs, under another run id).
     """
 

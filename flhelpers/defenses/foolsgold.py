@@ -10,7 +10,7 @@ FoolsGold down-weights peers whose *update histories* are too similar. Per peer 
 (the output layer's weights and bias, as in the LFighter paper's comparison;
 ``use_output_layer=False`` uses the whole update; ``output_bias=False`` keeps the output layer's
 weights only, the feature of the authors' code, which scores ``fc2.weight`` without its bias; it is an
-option, never the default: issue 19's study found the feature definition moves the attackers' weight
+option, never the default: an earlier study found the feature definition moves the attackers' weight
 share by 0.03-0.06 only. Their code also sums the raw minibatch gradients of the local steps rather
 than the update; with momentum and weight decay the two differ in more than a scale, which FoolsGold's
 cosines would ignore). Each round, for the peers present:

@@ -49,7 +49,7 @@ Choices where the paper is silent (each also stated at the code that makes it):
   point itself in ``min_samples``, so the same neighbourhood is scikit-learn's ``min_samples=3``
   (our default; its own default, 2, is a smaller neighbourhood that labels more peers noise).
   Euclidean metric, excess-of-mass cluster selection.
-* **Extreme-branch feature** (issue 11, ``docs/lfighter-extreme.md``): the two rows
+* **Extreme-branch feature** (``docs/lfighter-extreme.md``): the two rows
   concatenated, as Procedure 2 writes it. Keeping them in place inside the zeroed output layer
   (``extreme_features="in-place"``, our earlier reading) encodes *which* second neuron each
   peer has; honest peers of one class differ there, so their class split into several clusters
@@ -168,12 +168,12 @@ class LFighter(Defense):
             source-class peers' cluster, or into one large cluster of many classes, are compared
             with the target-class peers' cluster instead - the comparison the paper's account of
             Procedure 2 relies on ("provided that the number of attackers is less than the
-            number of peers of the target class"). Issue 19, section 3: at the paper's
+            number of peers of the target class"). At the paper's
             MNIST-Extreme structure the paper's rule misses the attackers in rounds where
             HDBSCAN merged them into such a cluster (``studies/lfighter_record.py``).
         passes: Procedure 1 passes (iid/mild, several output neurons): 1 is the paper's rule
             (the default); more peel off attackers of further source -> target pairs
-            (:func:`filter_mild_passes`, issue 20), at the cost of one k-means a pass and of
+            (:func:`filter_mild_passes`), at the cost of one k-means a pass and of
             honest peers rejected when no second pair is attacked.
 
         variant: ``"paper"`` (the default: Procedures 1 and 2 as the paper's text writes them) or

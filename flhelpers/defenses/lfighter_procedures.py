@@ -148,7 +148,7 @@ def filter_mild(features: np.ndarray, seed: int = 0, n_init: int = 10) -> tuple[
 
 def filter_mild_passes(rows: np.ndarray, passes: int, seed: int = 0,
                        n_init: int = 10) -> tuple[np.ndarray, dict[str, Any]]:
-    """Procedure 1 repeated on the peers it kept (an option beyond the paper, issue 20).
+    """Procedure 1 repeated on the peers it kept (an option beyond the paper).
 
     Pass 1 is Procedure 1. Each further pass takes the two largest neurons of the summed
     magnitudes over the peers kept so far, clusters those peers on them and drops the bad

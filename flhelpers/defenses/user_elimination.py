@@ -19,7 +19,7 @@ Per round, before training (the ``select_peers`` hook, :class:`~flhelpers.defens
    when the reports are clearly not one population, at a false-alarm rate ``alpha`` per
    all-honest round. Two null models (``null``):
 
-   **``null="unimodal"`` (default; issue 19).** The honest losses are skewed (lognormal- or
+   **``null="unimodal"`` (default).** The honest losses are skewed (lognormal- or
    gamma-like, not Gaussian), so the only assumption is that an all-honest round's reports
    are i.i.d. from *one unimodal* law, of any shape. The statistic is Hartigan and Hartigan's
    dip (J. A. Hartigan and P. M. Hartigan, "The dip test of unimodality", Annals of
@@ -43,7 +43,7 @@ Per round, before training (the ``select_peers`` hook, :class:`~flhelpers.defens
    (at ``alpha = 1e-3`` the dip must exceed about 0.14 at 20 reports and 0.07 at 100, so the
    high cluster needs a share above about 28 % resp. 14 % even when perfectly apart).
 
-   **``null="gaussian"``** (issue 12; more powerful, but its level holds only for Gaussian
+   **``null="gaussian"``** (more powerful, but its level holds only for Gaussian
    honest losses: on lognormal losses with sigma 0.8 it fired in 4.3 % of all-honest rounds
    at 20 peers and 23.9 % at 100 at ``alpha = 1e-3``). The standardised gap of the two means
 
@@ -57,7 +57,7 @@ Per round, before training (the ``select_peers`` hook, :class:`~flhelpers.defens
    parameter. Plugging in an estimate of ``rho`` does not give the promised rate: the draws
    with a large ``D`` are those with a large sample variance, hence a low estimated share and
    a low threshold (with 20 pure-noise reports the plug-in test raised alarms in 0.3 % of
-   rounds at ``alpha = 0.001``; issue 12). We use **Berger and Boos's** construction instead
+   rounds at ``alpha = 0.001``). We use **Berger and Boos's** construction instead
    (R. L. Berger and D. D. Boos, "P values maximized over a confidence set for the nuisance
    parameter", JASA 89(427), 1994): with ``beta = alpha / 10``,
 

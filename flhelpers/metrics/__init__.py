@@ -3,7 +3,7 @@
 * :mod:`~flhelpers.metrics.evaluation` - test loss, accuracy, source-class accuracy, attack
   success rate, per-class accuracy, CV, detection TPR/FPR, and a run's summary.
 * :mod:`~flhelpers.metrics.attack_metrics` - what only some attacks define: per-pair Src-Acc and
-  ASR, backdoor ASR (issue 20).
+  ASR, backdoor ASR.
 * :mod:`~flhelpers.metrics.detection` - detection accuracy / precision / recall / F1 and the rounds
   in which a selection rule kept an attacker (the related systems' measures).
 """

@@ -1,4 +1,4 @@
-"""Metrics that only some attacks define (issue 20), added to a run's rows only for those attacks.
+"""Metrics that only some attacks define, added to a run's rows only for those attacks.
 
 * Per pair ``s -> t`` of a several-pairs attack (:meth:`Attack.evaluation_pairs`):
   ``source_accuracy_s_t`` (accuracy on the class-``s`` test examples) and

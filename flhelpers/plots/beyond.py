@@ -1,4 +1,4 @@
-"""The Beyond notebook's figures (issue 20): defense x attack heatmaps beside the no-attack value,
+"""The Beyond notebook's figures: defense x attack heatmaps beside the no-attack value,
 LFighter's detection per attack, and the camouflage trade-off.
 
 Each takes a table of :mod:`flhelpers.studies.beyond` (values in %) and draws it with the house

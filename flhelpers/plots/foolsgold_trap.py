@@ -1,4 +1,4 @@
-"""Figures of FoolsGold's self-locking study (:mod:`flhelpers.studies.foolsgold_trap`, issue 19).
+"""Figures of FoolsGold's self-locking study (:mod:`flhelpers.studies.foolsgold_trap`).
 
 :func:`plot_weight_shares`: one column per FoolsGold run (poisoned start k = 0, 2, 4, 8 and the
 arXiv-era lr 0.001 / 3 epochs setting); top row the share of FoolsGold's weight held by the

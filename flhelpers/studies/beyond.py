@@ -1,4 +1,4 @@
-"""Beyond the paper (issue 20): label-flipping attackers that know the defense, and a backdoor.
+"""Beyond the paper: label-flipping attackers that know the defense, and a backdoor.
 
 What the ``Beyond`` notebook runs and reads. :func:`beyond_plan` gives, per profile, the attacks
 (:data:`flhelpers.attacks.DATA_POISONING_ATTACKS`, each beside the paper's flip), the rules and

@@ -1,4 +1,4 @@
-"""FoolsGold's self-locking state (issue 19, section 1): a poisoned-start sweep and per-round weight shares.
+"""FoolsGold's self-locking state: a poisoned-start sweep and per-round weight shares.
 
 The paper's MNIST FoolsGold cell is Src-Acc 0.00 %, ASR 88.52 %; FoolsGold as Fung et al. define it
 (and the authors' own pipeline) does not collapse from a clean start. The hypothesis this study tests:

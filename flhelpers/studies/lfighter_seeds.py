@@ -1,4 +1,4 @@
-"""LFighter on MNIST-Extreme across seeds (issue 19, section 3): when Procedure 2 misses the
+"""LFighter on MNIST-Extreme across seeds: when Procedure 2 misses the
 attackers, whom they were clustered with, and a remedy that is not the paper's rule.
 
 The study runs, at the ``medium`` structure (100 peers, one class each, 40 % of the 10 class-7

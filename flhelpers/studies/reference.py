@@ -11,14 +11,13 @@ Reading them never writes there. ``make reproduce PROFILE=medium`` (and a notebo
 run is read back, not recomputed, and the committed files stay as they are. Only an explicit
 refresh (``--refresh-reference``) uses the committed folder itself as the store.
 
-:func:`table3` puts our Src-Acc, ASR and All-Acc beside the paper's Table 3 cell (PAPER.md
-section 5) with their difference in points; :func:`shape_checks` tests the qualitative shape the
-paper's results must keep at 40 % attackers (issue 11, section 3); :func:`write_table3` writes
+:func:`table3` puts our Src-Acc, ASR and All-Acc beside the paper's Table 3 cell (the paper's
+Table 3) with their difference in points; :func:`shape_checks` tests the qualitative shape the
+paper's results must keep at 40 % attackers; :func:`write_table3` writes
 ``table3.csv`` and ``table3.md`` (with a written reason for every cell more than 10 points from the
 paper's, from :data:`TABLE3_REASONS`).
 
-"Issue 11" below is the project's tracker entry that set up the medium profile: its section 3 lists
-the shape checks that :func:`shape_checks` implements.
+The shape checks (:func:`shape_checks`) are the paper's findings that the ``medium`` profile must keep.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from flhelpers.results import atomic_write_text, is_finished, load_results
 
 #: profiles whose reference results are committed
 REFERENCE_PROFILES = ("medium",)
-#: the journal's overall accuracy at 40 % (PAPER.md section 5): FedAvg and LFighter only
+#: the journal's overall accuracy at 40 % (the paper's Table 3): FedAvg and LFighter only
 PAPER_ALL_ACC_40: dict[str, dict[str, float]] = {"mnist": {"fedavg": 95.11, "lfighter": 96.30},
                                                  "cifar10": {"fedavg": 73.32, "lfighter": 72.82},
                                                  "imdb": {"fedavg": 56.09, "lfighter": 87.57}}
@@ -338,7 +337,7 @@ def _value(summaries: pd.DataFrame, benchmark: str, defense: str, ratio: float, 
 
 
 def shape_checks(summaries: pd.DataFrame, ratio: float = 0.4) -> pd.DataFrame:
-    """The shape issue 11 (section 3) requires at 40 % attackers, per benchmark of the grid.
+    """The shape the medium profile must keep at 40 % attackers, per benchmark of the grid.
 
     * FedAvg's Src-Acc at least 10 points below its no-attack value (where the paper's is: not on
       MNIST-iid, whose FedAvg the paper shows holding at 40 %);
