@@ -15,7 +15,7 @@ COMPUTE_MISSING ?=
 LAB_ARGS ?=
 export FLHELPERS_DATA ?= $(CURDIR)/data
 
-.PHONY: install test test-fast reproduce lab benchmarks clean-results
+.PHONY: install test test-fast reproduce lab speed benchmarks clean-results
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,11 +45,13 @@ lab: $(VENV)/.installed
 	test -f $(LAB_SETTINGS)/overrides.json || echo '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' > $(LAB_SETTINGS)/overrides.json
 	$(VENV)/bin/jupyter lab notebooks/ $(LAB_ARGS)
 
-benchmarks: $(VENV)/.installed
-	$(PY) benchmarks/aggregation.py
-	$(PY) benchmarks/round_speed.py
-	$(PY) benchmarks/round_shares.py
-	$(PY) benchmarks/precision.py
+# the speed measurements (speed/: scripts that print figures, not tests); `benchmarks` is its old name
+benchmarks: speed
+speed: $(VENV)/.installed
+	$(PY) speed/aggregation.py
+	$(PY) speed/round_speed.py
+	$(PY) speed/round_shares.py
+	$(PY) speed/precision.py
 
 clean-results:
 	rm -rf $(or $(RESULTS),results)/runs $(or $(RESULTS),results)/notebooks

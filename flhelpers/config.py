@@ -90,7 +90,7 @@ class ExperimentConfig:
     it changes the numbers: autocast runs convolutions and matrix products in bfloat16 (8 bits of
     mantissa) while the parameters, gradients, optimizer state, the averaged model, the defenses
     and the evaluation stay float32. On this CPU it made a ResNet18 step of 32 CIFAR10 images
-    15-25 % faster (``benchmarks/precision.py`` measures it). Under bfloat16 the two
+    15-25 % faster (``speed/precision.py`` measures it). Under bfloat16 the two
     backends agree only to bfloat16's precision (their reduction orders differ, and 8-bit
     mantissas amplify that: two local steps of ResNet18 or of the IMDB BiLSTM end 19-33 % of the
     update's norm apart, as far as from float32), so a run's numbers depend on its backend too.

@@ -24,7 +24,7 @@ from flhelpers.studies.gradients import (  # noqa: E402
     compare_updates,
     gradient_views,
     magnitude_trace,
-    neuron_magnitudes,
+    peer_neuron_magnitudes,
     pca_2d,
     relevant_neurons,
 )
@@ -65,7 +65,7 @@ def test_neuron_magnitudes_are_gradient_row_norms():
     u[0, 12:15] = torch.tensor([3.0, 0.0, 0.0])   # neuron 0 weights
     u[0, 21] = -4.0                                # neuron 0 bias
     u[0, 18:21] = torch.tensor([0.0, 1.0, 0.0])   # neuron 2 weights
-    mags = neuron_magnitudes(u, layout, lr=0.5)    # gradient = -u / 0.5
+    mags = peer_neuron_magnitudes(u, layout, lr=0.5)    # gradient = -u / 0.5
     np.testing.assert_allclose(mags, [[10.0, 0.0, 2.0]])
 
 
@@ -275,7 +275,7 @@ def test_show_saves_the_figure_and_frees_it_outside_a_notebook(tmp_path):
 
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    path = plots.show(fig, tmp_path, "mnist-iid", "line")
+    path = plots.save_and_display(fig, tmp_path, "mnist-iid", "line")
     assert path == tmp_path / "figures" / "mnist-iid" / "line.png" and path.stat().st_size > 1000
     assert not plt.fignum_exists(fig.number)
 
@@ -300,7 +300,17 @@ def test_defense_heatmaps_annotate_src_acc_and_asr(tmp_path):
     assert sorted(t.get_text() for t in src.texts) == ["60.0", "90.0", "95.0", "not run"]  # the run-less cell
     assert sorted(t.get_text() for t in asr.texts) == ["1.0", "2.0", "30.0", "not run"]
     assert "Src-Acc and ASR" in fig._suptitle.get_text()
-    path = plots.show(fig, tmp_path, "mnist-iid", "src_acc_asr_heatmap")
+    path = plots.save_and_display(fig, tmp_path, "mnist-iid", "src_acc_asr_heatmap")
     assert path.is_file()
     with pytest.raises(ValueError, match="attack_success_rate"):
         plots.plot_defense_heatmaps(frame.drop(columns="attack_success_rate"), "x")
+
+
+def test_the_old_show_name_warns_and_still_saves(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    with pytest.warns(DeprecationWarning, match="save_and_display"):
+        path = plots.show(fig, tmp_path, "mnist-iid", "old_name")
+    assert path.is_file()

@@ -39,7 +39,7 @@ device in one transfer (:func:`draw_step_masks`).
 
 ``backend="auto"`` (:func:`backend_decision`) picks sequential on the CPU (measured: a peer's
 step is compute-bound there, the loop is within a few percent of the limit, and the vmapped step
-is about 2x slower for all three paper models, ``benchmarks/ROUND_SPEED.md``) and vectorized on
+is about 2x slower for all three paper models, ``speed/ROUND_SPEED.md``) and vectorized on
 CUDA when the model is supported.
 
 This module holds the trainer (:class:`VectorizedTrainer`) and the backend policy
@@ -319,7 +319,7 @@ class VectorizedTrainer:
 # --------------------------------------------------------------------------------------------
 
 #: Models (registry names) for which the vectorized backend was measured faster than the
-#: sequential loop on the CPU (benchmarks/ROUND_SPEED.md). Empty: on the CPU every paper
+#: sequential loop on the CPU (speed/ROUND_SPEED.md). Empty: on the CPU every paper
 #: model's step is compute-bound, the loop is near the limit, and vmapped steps (grouped
 #: convolutions, small batched matrix products) were about 2x slower.
 CPU_VECTORIZED_FASTER: frozenset[str] = frozenset()
@@ -353,7 +353,7 @@ def backend_decision(cfg: ExperimentConfig, device: torch.device | str,
     if device.type == "cpu" and cfg.model not in CPU_VECTORIZED_FASTER:
         return BackendDecision("sequential", "auto: on the CPU a peer's step is compute-bound and the "
                                              "sequential loop is faster than a vmapped step "
-                                             "(benchmarks/ROUND_SPEED.md)")
+                                             "(speed/ROUND_SPEED.md)")
     return BackendDecision("vectorized", f"auto: vectorized on {device.type}")
 
 

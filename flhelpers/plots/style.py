@@ -106,9 +106,10 @@ def close(fig: Figure) -> None:
     plt.close(fig)
 
 
-def show(fig: Figure, results_dir: str | Path, benchmark: str, name: str) -> Path:
-    """:func:`save_figure`, then display the figure in the running notebook (so the executed
-    notebook carries it) and release it; outside IPython only save and release."""
+def save_and_display(fig: Figure, results_dir: str | Path, benchmark: str, name: str) -> Path:
+    """:func:`save_figure` (a PNG under ``<results_dir>/figures/<benchmark>/``), then display the figure
+    in the running notebook (so the executed notebook carries it) and release it; outside IPython
+    only save and release. Returns the PNG's path."""
     path = save_figure(fig, results_dir, benchmark, name)
     try:
         from IPython import get_ipython
@@ -119,6 +120,14 @@ def show(fig: Figure, results_dir: str | Path, benchmark: str, name: str) -> Pat
     finally:
         close(fig)
     return path
+
+
+def show(fig: Figure, results_dir: str | Path, benchmark: str, name: str) -> Path:
+    """Deprecated name of :func:`save_and_display` (it also writes a PNG, which "show" did not say)."""
+    import warnings
+
+    warnings.warn("plots.show is now plots.save_and_display (it writes a PNG too)", DeprecationWarning, stacklevel=2)
+    return save_and_display(fig, results_dir, benchmark, name)
 
 
 def mark_not_run(ax: "plt.Axes", table: pd.DataFrame) -> None:

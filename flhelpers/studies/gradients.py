@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from flhelpers.config import ExperimentConfig
+from flhelpers.defenses.lfighter import neuron_magnitudes
 from flhelpers.params import ParamLayout, flatten_buffers
 from flhelpers.results import atomic_write_csv, atomic_write_json, read_json
 
@@ -55,13 +56,13 @@ def relevant_neurons(layout: ParamLayout, source_class: int, target_class: int) 
     return [int(source_class), int(target_class)]
 
 
-def neuron_magnitudes(updates: torch.Tensor, layout: ParamLayout, lr: float) -> np.ndarray:
-    """``m_{k,i} = ||g_{k,i}||``: each peer's gradient norm per output neuron, ``(K, C)``."""
+def peer_neuron_magnitudes(updates: torch.Tensor, layout: ParamLayout, lr: float) -> np.ndarray:
+    """``m_{k,i} = ||g_{k,i}||`` from flat updates: each peer's gradient norm per output neuron, ``(K, C)``
+    (:func:`flhelpers.defenses.lfighter.neuron_magnitudes` of the output rows, ``g = -u / lr``)."""
     if lr <= 0:
         raise ValueError(f"lr must be positive to turn updates into gradients, got {lr}.")
     # ||-u / lr|| = ||u|| / lr: only the output rows are touched (no K x D copy)
-    rows = layout.output_rows(updates).double()
-    return (torch.linalg.vector_norm(rows, dim=-1) / lr).cpu().numpy()
+    return (neuron_magnitudes(layout.output_rows(updates).double()) / lr).cpu().numpy()
 
 
 def gradient_views(updates: torch.Tensor, layout: ParamLayout, lr: float, source_class: int,
@@ -220,7 +221,7 @@ class UpdateRecorder:
 
     def __call__(self, record: Any) -> None:
         updates = record.updates.detach()
-        mags = neuron_magnitudes(updates, self.layout, self.lr)
+        mags = peer_neuron_magnitudes(updates, self.layout, self.lr)
         accepted = record.result.accepted.cpu().numpy().astype(bool)
         for row, (pid, att) in enumerate(zip(record.peer_ids, record.is_attacker)):
             for neuron in range(mags.shape[1]):
@@ -418,4 +419,4 @@ def magnitude_trace(magnitudes: pd.DataFrame, source_class: int, target_class: i
 
 __all__ = ["PARTS", "VIEWS", "GradientCapture", "UpdateRecorder", "angle_degrees", "capture_all", "capture_gradients",
            "compare_updates", "good_and_bad_update", "gradient_views", "gradients_of", "magnitude_trace",
-           "neuron_magnitudes", "pca_2d", "relevant_neurons", "update_parts"]
+           "peer_neuron_magnitudes", "pca_2d", "relevant_neurons", "update_parts"]

@@ -12,9 +12,9 @@ The option and its definition: :class:`flhelpers.config.ExperimentConfig` (``pre
 
 Examples::
 
-    python benchmarks/precision.py                          # CIFAR10's ResNet18, batch 32, one thread
-    python benchmarks/precision.py --benchmark mnist-mild --repeats 50 --json precision.json
-    python benchmarks/precision.py --device cuda --threads 0
+    python speed/precision.py                          # CIFAR10's ResNet18, batch 32, one thread
+    python speed/precision.py --benchmark mnist-mild --repeats 50 --json precision.json
+    python speed/precision.py --device cuda --threads 0
 """
 
 from __future__ import annotations

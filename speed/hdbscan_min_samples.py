@@ -1,6 +1,6 @@
 """Which scikit-learn ``min_samples`` matches the ``hdbscan`` package's default (docs/lfighter-extreme.md).
 
-    pip install hdbscan && python benchmarks/hdbscan_min_samples.py [--cases 200]
+    pip install hdbscan && python speed/hdbscan_min_samples.py [--cases 200]
 
 Procedure 2 of the LFighter paper uses HDBSCAN with ``min_cluster_size=2``; the authors used the
 ``hdbscan`` package, whose default ``min_samples`` equals ``min_cluster_size`` and counts

@@ -17,9 +17,9 @@ before the call. Figures are for one call; the reported time is the median over 
 
 Examples::
 
-    python benchmarks/aggregation.py --sizes mnist
-    python benchmarks/aggregation.py --rules median,krum,repeated-median --repeats 5 --json out.json
-    python benchmarks/aggregation.py --device cuda --sizes mnist,resnet18
+    python speed/aggregation.py --sizes mnist
+    python speed/aggregation.py --rules median,krum,repeated-median --repeats 5 --json out.json
+    python speed/aggregation.py --device cuda --sizes mnist,resnet18
 """
 
 from __future__ import annotations

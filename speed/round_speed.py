@@ -26,9 +26,9 @@ load average before and after, and uses ``--threads`` (default 1) intra-op threa
 
 Examples::
 
-    python benchmarks/round_speed.py --cases mnist-iid
-    python benchmarks/round_speed.py --device cuda --repeats 5 --json out.json
-    python benchmarks/round_speed.py --cases mnist-iid --backends vectorized --profile
+    python speed/round_speed.py --cases mnist-iid
+    python speed/round_speed.py --device cuda --repeats 5 --json out.json
+    python speed/round_speed.py --cases mnist-iid --backends vectorized --profile
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ cores, so their absolute seconds are upper bounds; the shares are what carries o
 
 Examples::
 
-    python benchmarks/round_shares.py --benchmarks cifar10-mild cifar10-iid
-    python benchmarks/round_shares.py --benchmarks cifar10-mild --json shares.json
+    python speed/round_shares.py --benchmarks cifar10-mild cifar10-iid
+    python speed/round_shares.py --benchmarks cifar10-mild --json shares.json
 """
 
 from __future__ import annotations
