@@ -51,7 +51,7 @@ from flhelpers import plots
 from flhelpers.studies.gradients import capture_all, magnitude_trace
 from flhelpers.fl.grid import grid_rounds, run_grid
 from flhelpers.studies.paper import (PAPER_FIGURE_READINGS, TABLE3_BENCHMARKS, capture_configs, check_findings,
-                                     has_plan, notebook_plan, paper_comparison, plan_table, stability_ratio,
+                                     has_plan, notebook_plan, paper_comparison, plan_table, scale_note, stability_ratio,
                                      write_benchmark_tables)
 from flhelpers.studies.reference import results_store
 from flhelpers.studies.tables import write_table
@@ -89,7 +89,7 @@ if gradient_analyses:
 for b, c in captures.items():
     fig = plots.plot_pca(c.pca, f"{TITLES[b]}, {c.config.attacker_ratio:.0%} attackers",
                          color_by_class=(b == "mnist-extreme"))
-    plots.show(fig, results_dir, b, "pca_gradients")
+    plots.save_and_display(fig, results_dir, b, "pca_gradients")
 
 # %% [markdown]
 # ## 2. Gradient magnitudes over rounds (Fig 3)
@@ -103,7 +103,7 @@ if captures:
               magnitude_trace(c.magnitudes, c.config.source_class, c.config.target_class)
               for b, c in captures.items()}
     fig = plots.plot_magnitudes(traces, plots.BENCHMARK_TITLES[BENCHMARKS[0]].split("-")[0])
-    plots.show(fig, results_dir, BENCHMARKS[0], "gradient_magnitudes")
+    plots.save_and_display(fig, results_dir, BENCHMARKS[0], "gradient_magnitudes")
 
 # %% [markdown]
 # ## 3. A good and a bad update of the same peer (Table 1)
@@ -146,14 +146,14 @@ for b in BENCHMARKS:
     part = summaries[summaries["benchmark"] == b]
     tables[b] = write_benchmark_tables(summaries, results_dir, b)
     fig = plots.plot_metric_bars(part, TITLES[b])
-    plots.show(fig, results_dir, b, "robustness")
+    plots.save_and_display(fig, results_dir, b, "robustness")
 
 # %%
 for b in BENCHMARKS:
     display(Markdown(f"**{TITLES[b]}**: Src-Acc % / ASR % (rows: defenses, columns: attacker ratio)"))
     display(tables[b]["src_acc_asr"])
     fig = plots.plot_defense_heatmaps(summaries[summaries["benchmark"] == b], TITLES[b])
-    plots.show(fig, results_dir, b, "src_acc_asr_heatmap")
+    plots.save_and_display(fig, results_dir, b, "src_acc_asr_heatmap")
 
 # %% [markdown]
 # ## 5. Stability (Fig 13, Table 3)
@@ -169,7 +169,7 @@ for b in BENCHMARKS:
     part = summaries[summaries["benchmark"] == b]
     ratio = stability_ratio(part)
     fig = plots.plot_source_accuracy_rounds(rounds_frame[rounds_frame["benchmark"] == b], TITLES[b], ratio)
-    plots.show(fig, results_dir, b, "source_accuracy_rounds")
+    plots.save_and_display(fig, results_dir, b, "source_accuracy_rounds")
     display(Markdown(f"**{TITLES[b]}**: CV of Src-Acc (rows: defenses, columns: attacker ratio)"))
     display(tables[b]["source_accuracy_cv"].round(3))
 
@@ -184,7 +184,7 @@ for b in BENCHMARKS:
 # %%
 for b in BENCHMARKS:
     fig = plots.plot_runtime(summaries[summaries["benchmark"] == b], TITLES[b])
-    plots.show(fig, results_dir, b, "runtime")
+    plots.save_and_display(fig, results_dir, b, "runtime")
 
 # %% [markdown]
 # ## 7. Detection (beyond the paper)
@@ -198,7 +198,7 @@ for b in BENCHMARKS:
 # %%
 for b in BENCHMARKS:
     fig = plots.plot_detection(summaries[summaries["benchmark"] == b], TITLES[b])
-    plots.show(fig, results_dir, b, "detection")
+    plots.save_and_display(fig, results_dir, b, "detection")
 
 # %% [markdown]
 # ## This project vs the paper
@@ -216,6 +216,8 @@ for b in BENCHMARKS:
         comparison = paper_comparison(summaries[summaries["benchmark"] == b], TABLE3_BENCHMARKS[b])
         write_table(comparison, results_dir, f"paper_vs_ours_{b}", digits=1)
         display(comparison.round(1))
+    if note := scale_note(summaries, b, profile):
+        display(Markdown(note))
 findings = check_findings(summaries)
 write_table(findings.set_index("benchmark"), results_dir, "findings_imdb")
 findings

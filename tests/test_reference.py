@@ -144,8 +144,10 @@ def test_committed_runs_match_their_configs_and_table3_files_are_current() -> No
     committed = pd.read_csv(REFERENCE / "table3.csv")
     fresh = table3(finished[finished["profile"] == "medium"])
     assert list(committed["runs"]) == list(fresh["runs"]), "table3.csv is stale: run python -m flhelpers table3"
-    # every cell of Table 3 has a run (the CIFAR10 row's seven on all 50,000 images, issue 18) ...
-    assert (fresh["runs"] >= 1).all(), fresh.loc[fresh["runs"] < 1, ["benchmark", "defense"]]
+    # every cell of the paper's Table 3 has a run (the CIFAR10 row's seven on all 50,000 images), and the
+    # released LFighter has its CIFAR10-Mild cell; its other cells show "not run yet" until computed ...
+    paper_cells = fresh[(fresh["defense"] != "lfighter-released") | (fresh["benchmark"] == "cifar10-mild")]
+    assert (paper_cells["runs"] >= 1).all(), paper_cells.loc[paper_cells["runs"] < 1, ["benchmark", "defense"]]
     # ... and what it holds is only the 50,000-image, drop_last runs, never the old 10,000-image ones
     cifar = finished[finished["benchmark"].str.startswith("cifar10")]
     assert set(cifar["train_samples"]) <= {50000} and set(cifar["drop_last"]) <= {True}

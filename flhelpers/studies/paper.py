@@ -45,13 +45,17 @@ class GridPlan:
     clean_defenses: tuple[str, ...] | None = None
 
 
-# Quick grids: the attacked ratio is the capture ratio (so the gradient analyses reuse a grid
-# run); without attackers only the rules whose clean behaviour the paper discusses.
+# Quick grids: without attackers only the rules whose clean behaviour the paper discusses. The
+# attacked ratio is the capture ratio (so the gradient analyses reuse a grid run), except on
+# MNIST-iid and MNIST-Mild: their grids attack at 40 % (Table 3's ratio, at which the notebooks
+# check that LFighter holds; issue 28.4) while their captures stay at 30 % (Figs 1 and 4), one
+# extra FedAvg run each. MNIST-Mild's FedAvg and median at 40 % are also the Beyond notebook's
+# flip runs, which it reuses.
 _QUICK_PLANS: dict[str, GridPlan] = {
-    "mnist-iid": GridPlan(tuple(PAPER_DEFENSES), (0.0, 0.3), "all 7 paper defenses at 30 %; FedAvg, "
+    "mnist-iid": GridPlan(tuple(PAPER_DEFENSES), (0.0, 0.4), "all 7 paper defenses at 40 %; FedAvg, "
                           "FoolsGold and LFighter also at 0 %", ("fedavg", "foolsgold", "lfighter")),
-    "mnist-mild": GridPlan(("fedavg", "median", "foolsgold", "lfighter"), (0.0, 0.3),
-                           "FedAvg, median, FoolsGold and LFighter at 30 %; FedAvg at 0 %", ("fedavg",)),
+    "mnist-mild": GridPlan(("fedavg", "median", "foolsgold", "lfighter"), (0.0, 0.4),
+                           "FedAvg, median, FoolsGold and LFighter at 40 %; FedAvg at 0 %", ("fedavg",)),
     "mnist-extreme": GridPlan(("fedavg", "median", "multi-krum", "foolsgold", "lfighter"), (0.0, 0.4),
                               "FedAvg, median, Multi-Krum, FoolsGold and LFighter at 40 % (2 of the 5 "
                               "source-class holders); FedAvg and LFighter also at 0 %", ("fedavg", "lfighter")),
@@ -213,12 +217,30 @@ def paper_comparison(summaries: pd.DataFrame, paper_key: str, ratio: float | Non
         rows.insert(0, ("fedavg-no-attack", clean))
     out = []
     for name, sel in rows:
+        name = ROW_TITLES.get(name, name)
         ours_src = 100 * pd.to_numeric(sel["source_accuracy"]).mean() if len(sel) else np.nan
         ours_asr = 100 * pd.to_numeric(sel["attack_success_rate"]).mean() if len(sel) else np.nan
-        p_src, p_asr = paper.get(name, (np.nan, np.nan))
+        p_src, p_asr = paper.get({v: k for k, v in ROW_TITLES.items()}.get(name, name), (np.nan, np.nan))
         out.append({"defense": name, f"Src-Acc % (ours, {ratio:.0%})": ours_src, "Src-Acc % (paper, 40%)": p_src,
                     f"ASR % (ours, {ratio:.0%})": ours_asr, "ASR % (paper, 40%)": p_asr})
     return pd.DataFrame(out).set_index("defense")
+
+
+def scale_note(summaries: pd.DataFrame, benchmark: str, profile: str) -> str:
+    """A line to print next to a benchmark's numbers where its profile is too small to show the paper's
+    finding (LFighter holding the source class): CIFAR10 at ``quick``, where ResNet18 barely leaves its
+    random start. The accuracy it quotes is FedAvg's without attack in ``summaries`` (last-10 mean).
+    Empty where the profile can show it."""
+    if profile != "quick" or not benchmark.startswith("cifar10"):
+        return ""
+    part = summaries[(summaries["benchmark"] == benchmark) & (summaries["defense"] == "fedavg")]
+    clean = part[np.isclose(part["attacker_ratio"].astype(float), 0.0)]
+    acc = (f" (FedAvg without attack: All-Acc {100 * pd.to_numeric(clean['accuracy']).mean():.1f} %)"
+           if len(clean) else "")
+    return (f"**At this scale the numbers above cannot show the paper's finding.** After 4 rounds on 2,000 "
+            f"images ResNet18 barely leaves its random start{acc}, so the source class is hardly learnt and "
+            f"LFighter's and FedAvg's Src-Acc differ by noise. The finding is shown at `profile=\"medium\"` "
+            f"(the paper's structure, 25 rounds), drawn from the committed runs.")
 
 
 def select_cell(summaries: pd.DataFrame, benchmark: str, defense: str, ratio: float) -> pd.DataFrame:
@@ -427,5 +449,5 @@ def write_benchmark_tables(summaries: pd.DataFrame, results_dir: str | Path, ben
 
 
 __all__ = ["GridPlan", "PAPER_FIGURE_READINGS", "PAPER_RATIOS", "PAPER_TABLE3", "TABLE3_BENCHMARKS",
-           "TABLE3_DEFENSES", "TABLE3_ROWS", "RELEASED_LFIGHTER", "ROW_TITLES", "capture_config", "capture_configs", "capture_ratio", "check_findings", "default_plan", "has_plan",
+           "TABLE3_DEFENSES", "TABLE3_ROWS", "scale_note", "RELEASED_LFIGHTER", "ROW_TITLES", "capture_config", "capture_configs", "capture_ratio", "check_findings", "default_plan", "has_plan",
            "make_grid", "notebook_plan", "paper_comparison", "plan_table", "stability_ratio", "write_benchmark_tables"]
