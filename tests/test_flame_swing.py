@@ -67,14 +67,9 @@ def test_recorder_splits_the_honest_peers_by_their_source_share(tmp_path):
 
 
 def _tool():
-    import importlib.util
-    from pathlib import Path
+    from scripts import load_tool
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "flame_swing_study.py"
-    spec = importlib.util.spec_from_file_location("flame_swing_study", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("flame_swing_study")
 
 
 def test_the_study_tool_sorts_rounds_and_writes_what_they_show():

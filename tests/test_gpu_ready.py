@@ -11,7 +11,6 @@ keeps; and the GPU script (fallback, the LFighter-variants mode) at a tiny size.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -355,10 +354,9 @@ def test_a_related_study_record_keeps_no_update_matrix_nor_model():
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("gpu_paper_cifar", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from scripts import load_tool
+
+    return load_tool("gpu_paper_cifar")
 
 
 def test_lfighter_variants_mode_runs_both_variants_at_three_local_epochs():

@@ -104,6 +104,16 @@ def cluster_scores(features: np.ndarray, labels: np.ndarray) -> tuple[list[float
     return scores, dns, sizes
 
 
+def _degenerate(x: np.ndarray) -> str | None:
+    """Why a round's features carry no evidence of who is bad (fewer than 3 peers, or all features
+    identical: every peer is then accepted), or ``None`` when they can be clustered."""
+    if x.shape[0] < _MIN_PEERS:
+        return f"fewer than {_MIN_PEERS} peers: all accepted"
+    if _distinct_rows(x) < 2:
+        return "all features identical: all accepted"
+    return None
+
+
 def _distinct_rows(x: np.ndarray) -> int:
     return int(np.unique(x, axis=0).shape[0])
 
@@ -120,10 +130,8 @@ def filter_mild(features: np.ndarray, seed: int = 0, n_init: int = 10) -> tuple[
     x = np.asarray(features, dtype=np.float64)
     k = x.shape[0]
     bad = np.zeros(k, dtype=bool)
-    if k < _MIN_PEERS:
-        return bad, {"reason": f"fewer than {_MIN_PEERS} peers: all accepted"}
-    if _distinct_rows(x) < 2:
-        return bad, {"reason": "all features identical: all accepted"}
+    if (why := _degenerate(x)) is not None:
+        return bad, {"reason": why}
     km = KMeans(n_clusters=2, random_state=int(seed) % 2**32, n_init=n_init).fit(x)
     labels = np.asarray(km.labels_, dtype=int)
     info: dict[str, Any] = {"labels": labels.tolist()}
@@ -235,10 +243,8 @@ def filter_extreme(features: np.ndarray, output_grads: np.ndarray, min_samples: 
     x = np.asarray(features, dtype=np.float64)
     k = x.shape[0]
     bad = np.zeros(k, dtype=bool)
-    if k < _MIN_PEERS:
-        return bad, {"reason": f"fewer than {_MIN_PEERS} peers: all accepted"}
-    if _distinct_rows(x) < 2:
-        return bad, {"reason": "all features identical: all accepted"}
+    if (why := _degenerate(x)) is not None:
+        return bad, {"reason": why}
     labels = np.asarray(HDBSCAN(min_cluster_size=2, min_samples=min_samples, copy=True).fit(x).labels_, dtype=int)
     info: dict[str, Any] = {"labels": labels.tolist()}
     if np.all(labels < 0):
