@@ -40,3 +40,15 @@ def test_round_evidence_counts_roles_and_escape_is_the_first_round_of_full_detec
 def test_no_escape_when_the_last_round_misses(tmp_path) -> None:
     rid = _store(tmp_path, [1.0, 1.0, 0.0])
     assert escape_round(round_evidence(tmp_path, rid)) is None
+
+
+def test_the_committed_findings_page_is_current() -> None:
+    """``docs/lfighter-variants.md`` is written from the committed store: it cannot drift from the runs."""
+    from pathlib import Path
+
+    from flhelpers.studies.lfighter_variants import docs_markdown
+    from flhelpers.studies.reference import reference_dir
+
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "docs" / "lfighter-variants.md").read_text() == docs_markdown(reference_dir("medium")), (
+        "stale: run python -m flhelpers.studies.lfighter_variants --docs")
