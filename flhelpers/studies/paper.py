@@ -216,11 +216,11 @@ def paper_comparison(summaries: pd.DataFrame, paper_key: str, ratio: float | Non
     if len(clean):
         rows.insert(0, ("fedavg-no-attack", clean))
     out = []
-    for name, sel in rows:
-        name = ROW_TITLES.get(name, name)
+    for key, sel in rows:
+        name = ROW_TITLES.get(key, key)
         ours_src = 100 * pd.to_numeric(sel["source_accuracy"]).mean() if len(sel) else np.nan
         ours_asr = 100 * pd.to_numeric(sel["attack_success_rate"]).mean() if len(sel) else np.nan
-        p_src, p_asr = paper.get({v: k for k, v in ROW_TITLES.items()}.get(name, name), (np.nan, np.nan))
+        p_src, p_asr = paper.get(key, (np.nan, np.nan))
         out.append({"defense": name, f"Src-Acc % (ours, {ratio:.0%})": ours_src, "Src-Acc % (paper, 40%)": p_src,
                     f"ASR % (ours, {ratio:.0%})": ours_asr, "ASR % (paper, 40%)": p_asr})
     return pd.DataFrame(out).set_index("defense")
