@@ -31,7 +31,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
 
 reproduce: $(VENV)/.installed
-	$(PY) -m flhelpers reproduce --profile $(PROFILE) $(if $(RESULTS),--results-dir $(RESULTS),) $(if $(REFRESH),--refresh-reference,) $(if $(COMPUTE_MISSING),--compute-missing,)
+	$(PY) -m flhelpers_lab reproduce --profile $(PROFILE) $(if $(RESULTS),--results-dir $(RESULTS),) $(if $(REFRESH),--refresh-reference,) $(if $(COMPUTE_MISSING),--compute-missing,)
 
 # The notebooks declare the kernel "python3", which every environment with ipykernel has, so
 # papermill and JupyterLab run them on a fresh install (JupyterLab started here: this environment).

@@ -7,9 +7,10 @@ Federated Learning* (LFighter). Data flows one way::
            -> defense -> new global model -> metrics -> tidy results -> plots
 
 The package is organised by role (docs/architecture.md): ``attacks/`` and ``defenses/`` hold
-every attack and every aggregation rule, ``fl/`` the round loop and its backends, ``studies/``
-what each notebook runs, ``plots/`` the figures. Imports only flow down that list
-(tests/test_architecture.py checks it).
+every attack and every aggregation rule, ``fl/`` the round loop, its backends and the grid
+runner, ``analysis/`` the paper's gradient views, ``plots/`` the figures. Imports only flow down
+that list (tests/test_architecture.py checks it). The paper's studies are a lab beside this
+library, ``flhelpers_lab``, which imports it and is never imported by it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Command line: ``python -m flhelpers run|grid|list|reproduce``.
+"""Command line: ``python -m flhelpers run|grid|list``.
 
     python -m flhelpers run --benchmark mnist-iid --defense lfighter --attacker-ratio 0.3 \\
         [--profile quick|medium|paper] [--rounds N] [--seed S] [--set FIELD=VALUE ...] \\
@@ -7,8 +7,8 @@
         --ratios 0 0.2 0.4 --seeds 0 1 2 [--profile ...] [--rounds N] [--set FIELD=VALUE ...] \\
         [--results-dir DIR] [--workers N | --executor ray [--address ADDR] [--cpus-per-run C] [--gpus-per-run G]]
     python -m flhelpers list
-    python -m flhelpers reproduce --profile quick|medium|paper [--notebooks NAME ...] [--refresh-reference]
-    python -m flhelpers table3 [--profile medium] [--results-dir DIR | --refresh-reference]
+
+The paper's notebooks, Table 3 and the studies are the lab's commands (``python -m flhelpers_lab``).
 
 The numbers ``run`` and ``grid`` print are each run's summary: the means of its last 10
 evaluated rounds (all of them when it has fewer), as the paper reports; detection TPR / FPR
@@ -156,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "ones; print the summary table and write it as CSV.")
     grid.add_argument("--benchmarks", nargs="+", required=True, metavar="B", help="of: " + ", ".join(BENCHMARKS))
     grid.add_argument("--defenses", nargs="+", default=None, metavar="D",
-                      help="default: the profile's plan (flhelpers.studies.paper.default_plan)")
+                      help="default: the paper's seven defenses (flhelpers.defenses.PAPER_DEFENSES)")
     grid.add_argument("--ratios", nargs="+", type=float, default=None, metavar="R",
-                      help="attacker ratios; default: the profile's plan")
+                      help="attacker ratios; default: the paper's 0 0.1 0.2 0.3 0.4 0.5")
     grid.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S")
     grid.add_argument("--profile", default="quick", choices=PROFILES)
     grid.add_argument("--rounds", type=int)
@@ -184,32 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("list", help="list benchmarks, defenses, attacks, datasets and models")
-    rep = sub.add_parser("reproduce", help="run the benchmark notebooks headless with papermill")
-    rep.add_argument("--profile", default="quick", choices=PROFILES)
-    rep.add_argument("--notebooks", nargs="*", default=None, help="names, e.g. MNIST IMDB (default: all)")
-    rep.add_argument("--results-dir", default=None,
-                     help="default: results/, or results/medium/ at medium (seeded from the committed runs "
-                          "of results/reference/medium/, which it never writes)")
-    rep.add_argument("--refresh-reference", action="store_true",
-                     help="medium only: redraw into the committed store results/reference/medium/ itself "
-                          "(rewrites tracked files; for maintainers)")
-    rep.add_argument("--force", action="store_true", help="recompute every run even where a finished one exists")
-    rep.add_argument("--only-finished", action="store_true",
-                     help="draw only the runs the store has finished; list and leave out the others "
-                          "instead of computing them (the default at medium)")
-    rep.add_argument("--compute-missing", action="store_true",
-                     help="medium: compute the runs the store lacks (hours each) instead of leaving them out")
-    rep.add_argument("--data-root", default=None)
-    rep.add_argument("--device", default="cpu")
-    t3 = sub.add_parser("table3", help="write table3.csv/.md: the journal's Table 3 beside this store's runs")
-    t3.add_argument("--profile", default="medium", choices=PROFILES)
-    t3.add_argument("--results-dir", default=None,
-                    help="the store to read and write (default: read results/reference/medium/ at medium "
-                         "and write into results/medium/, else results/)")
-    t3.add_argument("--refresh-reference", action="store_true",
-                    help="write the tables into the committed store results/reference/<profile>/ itself")
-    t3.add_argument("--readme", default=None, metavar="README.md",
-                    help="also put readme_tables.md between the table3 markers of this README")
     return p
 
 
@@ -302,7 +276,7 @@ def hostile_update_lines(summary: dict[str, Any], rounds: int) -> list[str]:
 
 def grid_configs(args: argparse.Namespace) -> list[ExperimentConfig]:
     """The validated configurations of ``flhelpers grid``'s arguments, in grid order."""
-    from flhelpers.studies.paper import make_grid
+    from flhelpers.fl.grid import make_grid
 
     settings = parse_settings(args.settings, forbidden=_GRID_AXES)
     values = _merge(dict(rounds=args.rounds, num_peers=args.num_peers, device=args.device), settings,
@@ -387,38 +361,22 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_table3(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from flhelpers.studies.reference import table3_folders, update_readme, write_table3
-
-    source, folder = table3_folders(args.profile, args.results_dir, args.refresh_reference)
-    write_table3(source, args.profile, out_dir=folder)
-    print((folder / "table3.md").read_text())
-    print(f"written: {folder / 'table3.md'}, {folder / 'table3.csv'} (runs read from {source})")
-    if args.readme:
-        changed = update_readme(args.readme, (folder / "readme_tables.md").read_text())
-        print(f"{args.readme}: {'updated' if changed else 'already current'}")
-    return 0
+#: the commands of the lab (``python -m flhelpers_lab``), which this library's command line does not have
+LAB_COMMANDS = ("reproduce", "table3", "study")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LAB_COMMANDS:
+        print(f"error: `{argv[0]}` is a command of the lab, not of the library: run "
+              f"`python -m flhelpers_lab {' '.join(argv)}` (the `flhelpers-lab` script).", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         if args.command == "list":
             return cmd_list()
-        if args.command == "reproduce":
-            from flhelpers.reproduce import reproduce
-
-            return reproduce(profile=args.profile, notebooks=args.notebooks,
-                             results_dir=args.results_dir, data_root=args.data_root,
-                             device=args.device, force=args.force, refresh_reference=args.refresh_reference,
-                             compute_missing=args.compute_missing,
-                             parameters={"only_finished": True} if args.only_finished else None)
         if args.command == "grid":
             return cmd_grid(args)
-        if args.command == "table3":
-            return cmd_table3(args)
         return cmd_run(args)
     except (ConfigError, ValueError, FileNotFoundError, DataCorruptError) as exc:
         print(f"error: {exc}", file=sys.stderr)

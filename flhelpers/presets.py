@@ -1,4 +1,4 @@
-"""The paper's benchmarks (PAPER.md section 1, paper section 6.1) and their shorter profiles.
+"""The paper's benchmarks (paper section 6.1) and their shorter profiles.
 
 ``BENCHMARKS[name]`` holds the ``paper`` profile; ``MEDIUM[name]`` and ``QUICK[name]`` the
 overrides of the ``medium`` profile (the paper's structure, shortened only in time) and the
@@ -40,6 +40,9 @@ produced the published numbers, so ``paper`` follows them; each value names its 
 from __future__ import annotations
 
 from typing import Any
+
+#: the paper's attacker ratios (section 6.1): the default axis of a grid
+PAPER_RATIOS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 # The paper's benchmarks (section 6.1). The quick profile shrinks peers, rounds and data.
 # Sources: "text" = paper section 6.1; "nb" = the authors' released notebook of that benchmark;
@@ -93,7 +96,7 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
 
 # Medium profile: the paper's structure (every peer, split, sample, model, batch size and
 # optimizer of ``paper``), shortened only in time: 1 local epoch instead of 3 and fewer rounds,
-# at the ``paper`` learning rates (which converge here; see PAPER.md section 1). Budgets were
+# at the ``paper`` learning rates (which converge here). Budgets were
 # measured on the 2-core development machine with one torch thread per run (two runs side by
 # side): a paper-structure MNIST round of 1 epoch trains in about 4-6 s, an IMDB round (20 peers
 # x 2,000 reviews x 128 tokens) in about 70-90 s, a CIFAR10 round (20 peers over all 50,000
@@ -114,7 +117,7 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
 #   ResNet18, batch 32, SGD lr 0.01, momentum 0.9, weight decay 5e-4, drop_last), shortened to
 #   25 rounds of 1 local epoch. Evidence (seed 0, FedAvg, no attack, drop_last): 12 pilot rounds
 #   on all 50,000 images reached All-Acc 10 / 17 / 15 / 35 / 42 / 45 / 49 / 53 / 54 / 57 / 58 / 59 %
-#   and Src-Acc (dog) 52 / 44 / 43 / 56 / 49 % over rounds 7-11, still rising (issue 18), so 25
+#   and Src-Acc (dog) 52 / 44 / 43 / 56 / 49 % over rounds 7-11, still rising, so 25
 #   rounds put the last-10 mean (rounds 15-24) above 60 % All-Acc; a round trains in about 140 s
 #   and evaluates in about 6 s on one thread beside a second run, so a run takes about 61 min and
 #   two share the 2 cores. 3 local epochs were worse at this budget (19 % at best in 8 rounds on
@@ -141,9 +144,9 @@ MEDIUM: dict[str, dict[str, Any]] = {
 }
 
 # Quick profile: the three notebooks together in about 10 minutes on 2 CPU cores (see
-# flhelpers.studies.paper.default_plan for the grids). Peers, rounds, local epochs and data are shrunk;
+# flhelpers_lab.paper.default_plan for the grids). Peers, rounds, local epochs and data are shrunk;
 # the learning rate is raised where the paper's would not learn within the quick rounds:
-# MNIST-iid/Mild use lr 0.05 (15 rounds of ~6 local steps each). MNIST-Extreme (issue 28.4): 50
+# MNIST-iid/Mild use lr 0.05 (15 rounds of ~6 local steps each). MNIST-Extreme: 50
 # peers of 128 images (6,400), 40 rounds of 2 local steps at lr 0.1, so that class 7 is learnt
 # early and LFighter holds it at 40 % attackers. Measured 2026-12-05, Src-Acc last-10 means, seed 0
 # (seed 1): FedAvg 0 % 88.8 (95.3), FedAvg 40 % 45.0, LFighter 40 % 80.9 (87.1); the old setting

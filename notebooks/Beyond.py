@@ -23,9 +23,9 @@
 # minutes on 2 CPU cores, and numbers to read as a sketch.
 # `medium`: MNIST-Mild's medium preset (100 peers, 40 rounds), 30 % and 40 %, all seven rules; it
 # reads the runs committed under `results/reference/medium/` (`only_finished=True` draws those already there).
-# Compute them with `python -m flhelpers.studies.beyond --profile medium` (hours on 2 cores; finished runs are
+# Compute them with `python -m flhelpers_lab.beyond --profile medium` (hours on 2 cores; finished runs are
 # skipped, so it can be stopped and started again), then draw them with
-# `python -m flhelpers reproduce --notebooks Beyond --profile medium`.
+# `python -m flhelpers_lab reproduce --notebooks Beyond --profile medium`.
 
 # %% [markdown]
 # ## Parameters
@@ -57,11 +57,11 @@ from IPython.display import Markdown, display
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm falls back to text bars
 
-from flhelpers.plots.beyond import plot_attack_heatmap, plot_camouflage_curve, plot_lfighter_detection
+from flhelpers_lab.plots.beyond import plot_attack_heatmap, plot_camouflage_curve, plot_lfighter_detection
 from flhelpers.plots.style import show
-from flhelpers.studies import beyond
-from flhelpers.studies.reference import default_results_dir
-from flhelpers.studies.tables import write_table
+from flhelpers_lab import beyond
+from flhelpers_lab.reference import default_results_dir
+from flhelpers.results.tables import write_table
 
 results_dir = str(results_dir or default_results_dir(profile))
 only_finished = (profile == "medium") if only_finished is None else only_finished

@@ -48,13 +48,14 @@ from IPython.display import Markdown, display
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm falls back to text bars
 
 from flhelpers import plots
-from flhelpers.studies.gradients import capture_all, magnitude_trace
+from flhelpers.analysis.capture import capture_all
+from flhelpers.analysis.gradients import magnitude_trace
 from flhelpers.fl.grid import grid_rounds, run_grid
-from flhelpers.studies.paper import (PAPER_FIGURE_READINGS, TABLE3_BENCHMARKS, capture_configs, check_findings,
+from flhelpers_lab.paper import (PAPER_FIGURE_READINGS, TABLE3_BENCHMARKS, capture_configs, check_findings,
                                      has_plan, notebook_plan, paper_comparison, plan_table, scale_note, stability_ratio,
                                      write_benchmark_tables)
-from flhelpers.studies.reference import results_store
-from flhelpers.studies.tables import write_table
+from flhelpers_lab.reference import results_store
+from flhelpers.results.tables import write_table
 
 results_dir = results_store(results_dir, profile, force)  # absolute: the same from notebooks/ and the root
 # the medium profile has no CIFAR10-iid grid (Table 3 uses the Dirichlet split)

@@ -49,10 +49,10 @@ from flhelpers.data import load_dataset
 from flhelpers.models import MnistCNN
 from flhelpers.plots import save_figure
 from flhelpers.privacy import SmallConvNet
-from flhelpers.plots.privacy import plot_accuracy_vs_epsilon, plot_reconstruction_grid
-from flhelpers.studies.privacy import dp_accuracy_study, privacy_profile, run_inversion_study
-from flhelpers.studies.tables import write_table
-from flhelpers.studies.reference import results_store
+from flhelpers_lab.plots.privacy import plot_accuracy_vs_epsilon, plot_reconstruction_grid
+from flhelpers_lab.privacy import dp_accuracy_study, privacy_profile, run_inversion_study
+from flhelpers.results.tables import write_table
+from flhelpers_lab.reference import results_store
 
 torch.set_num_threads(threads)
 P = privacy_profile(profile)

@@ -51,9 +51,9 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm falls b
 
 import flhelpers  # noqa: F401  (registers every attack and rule: gaussian-noise, ipm, alie, ffl, user-elimination)
 from flhelpers.plots import save_figure
-from flhelpers.plots.related import plot_elimination_detection, plot_elimination_effect, plot_ffl, plot_krum_ipm
-from flhelpers.studies import related as study
-from flhelpers.studies.reference import results_store
+from flhelpers_lab.plots.related import plot_elimination_detection, plot_elimination_effect, plot_ffl, plot_krum_ipm
+from flhelpers_lab import related as study
+from flhelpers_lab.reference import results_store
 
 if torch_threads:
     torch.set_num_threads(int(torch_threads))

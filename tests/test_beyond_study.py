@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from flhelpers.config import validate_config
-from flhelpers.plots.beyond import plot_attack_heatmap, plot_camouflage_curve, plot_lfighter_detection
-from flhelpers.studies import beyond
+from flhelpers_lab.plots.beyond import plot_attack_heatmap, plot_camouflage_curve, plot_lfighter_detection
+from flhelpers_lab import beyond
 
 
 def test_quick_plan_runs_every_attack_with_its_rules_and_two_clean_runs():
@@ -251,7 +251,7 @@ def _files(folder) -> dict[str, bytes]:
 def test_a_finished_lfighter_run_gets_its_record_without_its_files_being_rewritten(tmp_path, data_root):
     from flhelpers.fl.engine import run_experiment
     from flhelpers.results import run_dir
-    from flhelpers.studies.lfighter_record import read_record
+    from flhelpers_lab.lfighter_record import read_record
 
     cfg = _tiny_lfighter()
     run_experiment(cfg, data_root=data_root, results_dir=tmp_path, progress=False)
@@ -278,7 +278,7 @@ def test_a_finished_lfighter_run_gets_its_record_without_its_files_being_rewritt
 
 def test_a_resumed_lfighter_run_keeps_the_record_of_its_first_rounds(tmp_path, data_root):
     from flhelpers.fl.engine import run_experiment
-    from flhelpers.studies.lfighter_record import LFighterRecorder, read_record
+    from flhelpers_lab.lfighter_record import LFighterRecorder, read_record
 
     cfg = _tiny_lfighter()
     path = beyond.record_path(tmp_path, cfg)

@@ -10,7 +10,7 @@ import pytest
 
 from flhelpers.cli import build_parser, grid_configs, main, parse_settings, run_config
 from flhelpers.fl.engine import run_experiment
-from flhelpers.studies.paper import make_grid
+from flhelpers.fl.grid import make_grid
 from flhelpers.results import load_results, run_dir
 
 TINY = ["--rounds", "2", "--set", "num_peers=5", "--set", "train_subset=600", "--set", "test_subset=200"]
@@ -109,3 +109,22 @@ def test_grid_command_runs_resumes_skips_and_writes_the_summary(data_root, tmp_p
     assert main(cmd[3:]) == 0  # again, in this process: every run is read back
     assert "2 runs (0 computed, 2 reused)" in capsys.readouterr().out
     pd.testing.assert_frame_equal(pd.read_csv(csv), table)
+
+
+def test_lab_commands_on_the_library_cli_name_the_lab(capsys):
+    from flhelpers.cli import main
+
+    assert main(["reproduce", "--profile", "quick"]) == 2
+    err = capsys.readouterr().err
+    assert "python -m flhelpers_lab reproduce --profile quick" in err
+
+
+def test_grid_defaults_to_the_papers_defenses_and_ratios():
+    from flhelpers.defenses import PAPER_DEFENSES
+    from flhelpers.presets import PAPER_RATIOS
+
+    configs = make_grid("mnist-iid", "quick", rounds=1)
+    assert {c.defense for c in configs} == set(PAPER_DEFENSES)
+    assert {c.attacker_ratio for c in configs} == set(PAPER_RATIOS)
+    clean = make_grid("mnist-iid", "quick", clean_defenses=["fedavg"], rounds=1)
+    assert {c.defense for c in clean if c.attacker_ratio == 0} == {"fedavg"}

@@ -1,4 +1,4 @@
-"""The FLAME swing study's update geometry (flhelpers/studies/flame_swing.py), by hand."""
+"""The FLAME swing study's update geometry (flhelpers_lab/investigations/flame_swing.py), by hand."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from flhelpers.studies.flame_swing import COLUMNS, GeometryRecorder, geometry_row, mean_pairwise_cosine, read_geometry
+from flhelpers_lab.investigations.flame_swing import COLUMNS, GeometryRecorder, geometry_row, mean_pairwise_cosine, read_geometry
 
 
 def test_mean_pairwise_cosine_by_hand():

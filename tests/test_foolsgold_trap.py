@@ -16,7 +16,7 @@ from flhelpers.config import benchmark_config
 from flhelpers.defenses.base import AggregationResult
 from flhelpers.fl.engine import run_experiment
 from flhelpers.results import run_dir
-from flhelpers.studies.foolsgold_trap import (ARXIV_SETTING, SWEEP_DEFENSES, SWEEP_K, WeightShareRecorder,
+from flhelpers_lab.investigations.foolsgold_trap import (ARXIV_SETTING, SWEEP_DEFENSES, SWEEP_K, WeightShareRecorder,
                                               read_shares, share_path, source_holders, study_configs,
                                               trap_rounds, trap_summary)
 
@@ -125,7 +125,7 @@ def test_poisoned_start_run_records_every_round(data_root, tmp_path) -> None:
 def test_figures_draw_one_column_per_run() -> None:
     import matplotlib
     matplotlib.use("Agg")
-    from flhelpers.plots.foolsgold_trap import plot_sweep_source_accuracy, plot_weight_shares
+    from flhelpers_lab.plots.foolsgold_trap import plot_sweep_source_accuracy, plot_weight_shares
 
     frames = []
     for defense in ("foolsgold", "fedavg"):

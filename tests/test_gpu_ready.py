@@ -34,7 +34,7 @@ from flhelpers.fl.engine import RoundRecord, build_experiment, run_experiment
 from flhelpers.models import loss_fn
 from flhelpers.params import flatten_buffers, flatten_params, layout_of
 from flhelpers.privacy.inversion import recover_labels
-from flhelpers.studies.related import light_record
+from flhelpers_lab.related import light_record
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "gpu_paper_cifar.py"

@@ -1,4 +1,4 @@
-"""Grids of runs (flhelpers.fl.grid, flhelpers.studies.paper): plans, reuse of finished runs, tables and the paper checks."""
+"""Grids of runs (flhelpers.fl.grid, flhelpers_lab.paper): plans, reuse of finished runs, tables and the paper checks."""
 
 from __future__ import annotations
 
@@ -13,21 +13,21 @@ from flhelpers.config import ConfigError, benchmark_config
 import flhelpers.fl.engine as engine
 from flhelpers.defenses import PAPER_DEFENSES
 from flhelpers.fl.grid import grid_rounds, run_grid
-from flhelpers.studies.paper import (
+from flhelpers_lab.paper import (
     PAPER_RATIOS,
     capture_config,
     capture_ratio,
     cell_mean,
     check_findings,
     default_plan,
-    make_grid,
+    plan_grid,
     paper_comparison,
     plan_table,
     select_cell,
     stability_ratio,
     write_benchmark_tables,
 )
-from flhelpers.studies.tables import metric_table, to_markdown, write_table
+from flhelpers.results.tables import metric_table, to_markdown, write_table
 
 TINY = dict(rounds=2, num_peers=5, train_subset=1000, test_subset=500)
 
@@ -38,7 +38,7 @@ def test_paper_plan_is_the_full_grid():
         assert plan.defenses == tuple(PAPER_DEFENSES) and plan.ratios == PAPER_RATIOS
         # Krum-type rules need n > 2f + 2: at 50 % attackers Multi-Krum cannot run and is left out
         with pytest.warns(UserWarning, match=r"skipped multi-krum at 50%.*n > 2f \+ 2"):
-            grid = make_grid(b, "paper")
+            grid = plan_grid(b, "paper")
         assert len(grid) == 7 * 6 - 1
         assert ("multi-krum", 0.5) not in {(c.defense, c.attacker_ratio) for c in grid}
         assert ("multi-krum", 0.4) in {(c.defense, c.attacker_ratio) for c in grid}
@@ -50,28 +50,28 @@ def test_quick_plans_contain_their_capture_run():
     """The gradient analyses' run (FedAvg at the capture ratio) is a grid member: no extra run;
     except on MNIST-iid and MNIST-Mild, whose grids attack at 40 % and captures stay at 30 % (issue 28.4)."""
     for b in ("mnist-iid", "mnist-mild", "mnist-extreme", "cifar10-iid", "cifar10-mild", "imdb"):
-        ids = {c.run_id() for c in make_grid(b, "quick")}
+        ids = {c.run_id() for c in plan_grid(b, "quick")}
         assert (capture_config(b, "quick").run_id() in ids) == (b not in ("mnist-iid", "mnist-mild")), b
     assert {capture_ratio(b, "quick") for b in ("mnist-iid", "mnist-mild")} == {0.3}
-    assert {c.attacker_ratio for b in ("mnist-iid", "mnist-mild") for c in make_grid(b, "quick")} == {0.0, 0.4}
+    assert {c.attacker_ratio for b in ("mnist-iid", "mnist-mild") for c in plan_grid(b, "quick")} == {0.0, 0.4}
 
 
 def test_make_grid_raises_on_other_invalid_settings():
     from flhelpers.config import ConfigError
 
     with pytest.raises(ConfigError, match="lr must be"):
-        make_grid("mnist-iid", "quick", lr=-1.0)
+        plan_grid("mnist-iid", "quick", lr=-1.0)
 
 
 def test_make_grid_overrides_and_order():
-    grid = make_grid("mnist-iid", "quick", defenses=["fedavg", "lfighter"], attacker_ratios=[0.0, 0.2],
+    grid = plan_grid("mnist-iid", "quick", defenses=["fedavg", "lfighter"], attacker_ratios=[0.0, 0.2],
                      seeds=[0, 1], rounds=3, num_peers=None)
     assert len(grid) == 8
     assert {(c.defense, c.attacker_ratio, c.seed) for c in grid} == {
         (d, r, s) for d in ("fedavg", "lfighter") for r in (0.0, 0.2) for s in (0, 1)}
     assert all(c.rounds == 3 and c.profile == "quick" and c.num_peers == 20 for c in grid)
     with pytest.raises(ValueError, match="at least one defense"):
-        make_grid("mnist-iid", "quick", defenses=[])
+        plan_grid("mnist-iid", "quick", defenses=[])
     table = plan_table({"mnist-iid": grid})
     assert table.loc["mnist-iid", "runs"] == 8 and table.loc["mnist-iid", "attacker ratios"] == "0%, 20%"
 
@@ -79,7 +79,7 @@ def test_make_grid_overrides_and_order():
 @pytest.fixture(scope="module")
 def tiny_grid(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("grid")
-    configs = make_grid("mnist-iid", "quick", defenses=["fedavg", "median"], attacker_ratios=[0.0, 0.4], **TINY)
+    configs = plan_grid("mnist-iid", "quick", defenses=["fedavg", "median"], attacker_ratios=[0.0, 0.4], **TINY)
     first = run_grid(configs, data_root, out, progress=False)
     return out, configs, first
 
@@ -121,7 +121,7 @@ def test_grid_rounds_and_tables_from_a_real_grid(tiny_grid):
 
 
 def test_run_grid_refuses_duplicates(tmp_path):
-    cfg = make_grid("mnist-iid", "quick", defenses=["fedavg"], attacker_ratios=[0.0], **TINY)
+    cfg = plan_grid("mnist-iid", "quick", defenses=["fedavg"], attacker_ratios=[0.0], **TINY)
     with pytest.raises(ValueError, match="twice"):
         run_grid(cfg * 2, None, tmp_path, progress=False)
 
@@ -225,7 +225,7 @@ def test_parallel_workers_match_sequential(data_root, tmp_path):
     """Two worker processes compute the same numbers as one process (same torch thread count: 1)."""
     import torch
 
-    configs = make_grid("mnist-iid", "quick", defenses=["fedavg", "lfighter"], attacker_ratios=[0.4], **TINY)
+    configs = plan_grid("mnist-iid", "quick", defenses=["fedavg", "lfighter"], attacker_ratios=[0.4], **TINY)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -244,7 +244,7 @@ def test_parallel_workers_match_sequential(data_root, tmp_path):
 
 
 def test_pair_table_formats_and_marks_missing():
-    from flhelpers.studies.tables import pair_table
+    from flhelpers.results.tables import pair_table
 
     a = pd.DataFrame({0.0: [89.54, np.nan], 0.3: [68.46, 88.4]}, index=["fedavg", "lfighter"])
     b = pd.DataFrame({0.0: [1.8, np.nan], 0.3: [11.26, 1.9]}, index=["fedavg", "lfighter"])
@@ -260,7 +260,7 @@ def test_capture_all_parallel_matches_sequential_and_is_reused(data_root, tmp_pa
     """Gradient captures in two worker processes equal those of one process, and are stored."""
     import torch
 
-    from flhelpers.studies.gradients import capture_all, capture_gradients
+    from flhelpers.analysis.capture import capture_all, capture_gradients
 
     small = {**TINY, "num_peers": 10}  # the extreme split needs a multiple of 10 peers
     configs = [capture_config(b, "quick", **small) for b in ("mnist-iid", "mnist-extreme")]
@@ -284,12 +284,12 @@ def test_capture_all_parallel_matches_sequential_and_is_reused(data_root, tmp_pa
 
 
 def test_notebook_plan_leaves_out_unfinished_runs_and_empty_benchmarks(tmp_path, capsys):
-    from flhelpers.studies.paper import capture_configs, notebook_plan
+    from flhelpers_lab.paper import capture_configs, notebook_plan
     from flhelpers.results import atomic_write_json, run_dir
 
     full = notebook_plan(["mnist-iid", "mnist-mild"], "quick", ["fedavg"], [0.0, 0.3], results_dir=tmp_path, **TINY)
     assert {b: [c.run_id() for c in cs] for b, cs in full.items()} == \
-        {b: [c.run_id() for c in make_grid(b, "quick", ["fedavg"], [0.0, 0.3], **TINY)] for b in full}
+        {b: [c.run_id() for c in plan_grid(b, "quick", ["fedavg"], [0.0, 0.3], **TINY)] for b in full}
     done = full["mnist-iid"][0]
     atomic_write_json(run_dir(tmp_path, done.run_id()) / "summary.json", {})
     kept = notebook_plan(["mnist-iid", "mnist-mild"], "quick", ["fedavg"], [0.0, 0.3], results_dir=tmp_path,

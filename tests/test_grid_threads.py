@@ -12,7 +12,7 @@ import torch
 from flhelpers.fl.grid import DEFAULT_THREADS, run_grid
 from flhelpers.fl.ray_executor import RayOptions
 from flhelpers.results import run_dir
-from flhelpers.studies.paper import make_grid
+from flhelpers.fl.grid import make_grid
 
 
 @pytest.mark.slow

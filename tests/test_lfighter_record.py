@@ -1,4 +1,4 @@
-"""LFighter's per-round record (flhelpers.studies.lfighter_record), by hand."""
+"""LFighter's per-round record (flhelpers_lab.lfighter_record), by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from flhelpers.studies.lfighter_record import LFighterRecorder, read_record, record_row, record_summary
+from flhelpers_lab.lfighter_record import LFighterRecorder, read_record, record_row, record_summary
 
 
 def _rows() -> torch.Tensor:
@@ -82,7 +82,7 @@ def test_record_summary_and_appending_reader(tmp_path):
 
 def test_records_table_reads_the_lfighter_runs_that_have_a_record(tmp_path):
     from flhelpers.config import benchmark_config
-    from flhelpers.studies.lfighter_record import record_path, records_table
+    from flhelpers_lab.lfighter_record import record_path, records_table
 
     lf = benchmark_config("cifar10-mild", "medium", defense="lfighter", attacker_ratio=0.4)
     fed = benchmark_config("cifar10-mild", "medium", defense="fedavg", attacker_ratio=0.4)

@@ -1,4 +1,4 @@
-"""The MNIST-Extreme seeds study (flhelpers.studies.lfighter_seeds), by hand."""
+"""The MNIST-Extreme seeds study (flhelpers_lab.investigations.lfighter_seeds), by hand."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flhelpers.studies.lfighter_record import COLUMNS, record_path
-from flhelpers.studies.lfighter_seeds import (MISS_KINDS, SEEDS, miss_kind, study_configs, study_rounds,
+from flhelpers_lab.lfighter_record import COLUMNS, record_path
+from flhelpers_lab.investigations.lfighter_seeds import (MISS_KINDS, SEEDS, miss_kind, study_configs, study_rounds,
                                               study_summary)
 
 SRC, TGT = 7, 1

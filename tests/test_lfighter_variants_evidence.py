@@ -1,4 +1,4 @@
-"""The per-round evidence of the two LFighters (flhelpers.studies.lfighter_variants), on a hand-made store."""
+"""The per-round evidence of the two LFighters (flhelpers_lab.investigations.lfighter_variants), on a hand-made store."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from flhelpers.studies.lfighter_variants import escape_round, evidence_markdown, round_evidence
+from flhelpers_lab.investigations.lfighter_variants import escape_round, evidence_markdown, round_evidence
 
 
 def _store(tmp_path, tprs: list[float]) -> str:
@@ -46,9 +46,9 @@ def test_the_committed_findings_page_is_current() -> None:
     """``docs/lfighter-variants.md`` is written from the committed store: it cannot drift from the runs."""
     from pathlib import Path
 
-    from flhelpers.studies.lfighter_variants import docs_markdown
-    from flhelpers.studies.reference import reference_dir
+    from flhelpers_lab.investigations.lfighter_variants import docs_markdown
+    from flhelpers_lab.reference import reference_dir
 
     root = Path(__file__).resolve().parents[1]
     assert (root / "docs" / "lfighter-variants.md").read_text() == docs_markdown(reference_dir("medium")), (
-        "stale: run python -m flhelpers.studies.lfighter_variants --docs")
+        "stale: run python -m flhelpers_lab.investigations.lfighter_variants --docs")

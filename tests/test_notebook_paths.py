@@ -8,8 +8,8 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from flhelpers.reproduce import ALL_NOTEBOOKS, notebooks_dir
-from flhelpers.studies.reference import default_results_dir, repository_root
+from flhelpers_lab.reproduce import ALL_NOTEBOOKS, notebooks_dir
+from flhelpers_lab.reference import default_results_dir, repository_root
 
 
 def _setup_namespace(name: str) -> dict:
@@ -38,7 +38,7 @@ def test_notebook_writes_into_the_repository_results_from_notebooks_folder(name:
 
 def test_default_results_dirs_are_absolute_and_in_the_repository(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from flhelpers.studies.reference import results_root
+    from flhelpers_lab.reference import results_root
 
     monkeypatch.chdir(tmp_path)
     assert results_root() == repository_root() / "results"
@@ -65,7 +65,7 @@ def test_results_folders_of_notebooks_and_headless_runs_are_git_ignored() -> Non
 
 def test_injected_parameters_carry_no_absolute_path_of_this_machine(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from flhelpers.reproduce import notebook_parameters
+    from flhelpers_lab.reproduce import notebook_parameters
 
     repo, nbs = repository_root(), notebooks_dir()
     monkeypatch.setenv("FLHELPERS_DATA", str(tmp_path / "shared-data"))

@@ -7,8 +7,8 @@ import json
 import nbformat
 import pytest
 
-from flhelpers.studies.paper import TABLE3_BENCHMARKS
-from flhelpers.reproduce import ALL_NOTEBOOKS, NOTEBOOKS, ensure_kernel, notebooks_dir, reproduce, resolve_notebooks
+from flhelpers_lab.paper import TABLE3_BENCHMARKS
+from flhelpers_lab.reproduce import ALL_NOTEBOOKS, NOTEBOOKS, ensure_kernel, notebooks_dir, reproduce, resolve_notebooks
 
 FIGURES = ("pca_gradients", "robustness", "source_accuracy_rounds", "runtime", "detection")
 TINY = {
@@ -49,7 +49,7 @@ def test_reproduce_refuses_unknown_names(tmp_path):
 def test_timings_keep_other_notebooks_and_replace_a_rerun(tmp_path):
     import pandas as pd
 
-    from flhelpers.reproduce import write_timings
+    from flhelpers_lab.reproduce import write_timings
 
     path = tmp_path / "timings.csv"
     write_timings(path, pd.DataFrame([{"notebook": "MNIST", "profile": "quick", "seconds": 300.0, "status": "ok"},
@@ -66,7 +66,7 @@ def test_kernel_runs_this_interpreter():
 
     from jupyter_client.kernelspec import KernelSpecManager
 
-    from flhelpers.reproduce import _runs_this_python
+    from flhelpers_lab.reproduce import _runs_this_python
 
     spec = KernelSpecManager().get_kernel_spec(ensure_kernel())
     assert _runs_this_python(spec.argv[0])
@@ -93,7 +93,7 @@ def test_reproduce_starts_the_kernel_without_the_plain_tcp_warning(tmp_path, cap
     import nbformat
     import papermill as pm
 
-    from flhelpers.reproduce import kernel_manager_class
+    from flhelpers_lab.reproduce import kernel_manager_class
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
     nbformat.write(nb, tmp_path / "in.ipynb")

@@ -1,4 +1,4 @@
-"""The gradient analyses (flhelpers.studies.gradients) and the figures (flhelpers.plots)."""
+"""The gradient analyses (flhelpers.analysis.gradients) and the figures (flhelpers.plots)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from torch import nn  # noqa: E402
 
 from flhelpers import plots  # noqa: E402
-from flhelpers.studies.gradients import (  # noqa: E402
+from flhelpers.analysis.gradients import (  # noqa: E402
     angle_degrees,
     compare_updates,
     gradient_views,

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from flhelpers.defenses.accountant import epsilon_of
-from flhelpers.reproduce import ensure_kernel
+from flhelpers_lab.reproduce import ensure_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "Privacy.ipynb"

@@ -27,7 +27,7 @@ import pytest
 
 from flhelpers.fl.checkpoint import load_checkpoint
 from flhelpers.fl.grid import run_grid
-from flhelpers.studies.paper import make_grid
+from flhelpers.fl.grid import make_grid
 from flhelpers.results import load_results, run_dir
 from processes import free_port, processes_using, stop_processes_using
 

@@ -14,8 +14,8 @@ import torch
 
 from flhelpers.config import ConfigError, ExperimentConfig, benchmark_config
 from flhelpers.fl.engine import run_experiment
-from flhelpers.studies.paper import PAPER_TABLE3, make_grid, select_cell
-from flhelpers.studies.reference import (README_MARKERS, default_results_dir, readme_tables, reference_dir,
+from flhelpers_lab.paper import PAPER_TABLE3, plan_grid, select_cell
+from flhelpers_lab.reference import (README_MARKERS, default_results_dir, readme_tables, reference_dir,
                                          shape_checks, table3, table3_markdown, update_readme, write_table3)
 from flhelpers.results import is_finished, load_results, run_dir
 
@@ -52,7 +52,7 @@ def test_table3_puts_ours_beside_the_paper_with_the_difference() -> None:
 
 
 def test_other_benchmarks_section_shows_seeds_spread_and_the_written_finding(monkeypatch) -> None:
-    import flhelpers.studies.reference as reference
+    import flhelpers_lab.reference as reference
 
     summaries = _summary_rows([("mnist-extreme", "lfighter", 0.4, s, 0.02, 0.8) for s in (0.80, 0.90, 0.70)])
     summaries = summaries.assign(seed=[0, 1, 2], detection_tpr=1.0, detection_fpr=0.0)
@@ -105,7 +105,7 @@ def test_medium_profile_is_the_papers_structure() -> None:
 
 
 def test_the_medium_plan_is_table3_and_the_mnist_splits() -> None:
-    plan = {b: make_grid(b, "medium") for b in ("mnist-mild", "cifar10-mild", "imdb", "mnist-iid", "mnist-extreme",
+    plan = {b: plan_grid(b, "medium") for b in ("mnist-mild", "cifar10-mild", "imdb", "mnist-iid", "mnist-extreme",
                                                  "cifar10-iid")}
     assert sum(len(v) for v in plan.values()) == 47
     assert {(c.defense, c.attacker_ratio) for c in plan["cifar10-iid"]} == {
@@ -143,7 +143,7 @@ def test_committed_runs_match_their_configs_and_table3_files_are_current() -> No
         assert not (REFERENCE / "runs" / row["run_id"] / "checkpoint.pt").exists()
     committed = pd.read_csv(REFERENCE / "table3.csv")
     fresh = table3(finished[finished["profile"] == "medium"])
-    assert list(committed["runs"]) == list(fresh["runs"]), "table3.csv is stale: run python -m flhelpers table3"
+    assert list(committed["runs"]) == list(fresh["runs"]), "table3.csv is stale: run python -m flhelpers_lab table3"
     # every cell of the paper's Table 3 has a run (the CIFAR10 row's seven on all 50,000 images), and the
     # released LFighter has its CIFAR10-Mild cell; its other cells show "not run yet" until computed ...
     paper_cells = fresh[(fresh["defense"] != "lfighter-released") | (fresh["benchmark"] == "cifar10-mild")]
@@ -159,7 +159,7 @@ def test_readme_shows_the_committed_table3_tables() -> None:
     finished = load_results(REFERENCE)
     finished = finished[finished["profile"] == "medium"]
     fresh = readme_tables(table3(finished), shape_checks(finished))
-    assert (REFERENCE / "readme_tables.md").read_text() == fresh, "stale: run python -m flhelpers table3"
+    assert (REFERENCE / "readme_tables.md").read_text() == fresh, "stale: run python -m flhelpers_lab table3"
     readme = (REFERENCE.parents[2] / "README.md").read_text()
     assert fresh in readme, "README.md's Table 3 section differs from results/reference/medium/readme_tables.md"
 
@@ -198,7 +198,7 @@ def test_first_two_rounds_of_the_committed_mnist_extreme_lfighter_run_recompute(
 def test_table3_command_writes_both_files_from_a_store(tmp_path, capsys) -> None:
     import shutil
 
-    from flhelpers.cli import main
+    from flhelpers_lab.cli import main
 
     cfg = benchmark_config("mnist-mild", "medium", defense="fedavg", attacker_ratio=0.0)
     shutil.copytree(_committed(cfg), tmp_path / "runs" / cfg.run_id())
@@ -226,7 +226,7 @@ def test_update_readme_replaces_only_between_the_markers(tmp_path) -> None:
 
 
 def test_a_table3_row_never_mixes_drop_last_or_training_sets():
-    from flhelpers.studies.reference import training_set
+    from flhelpers_lab.reference import training_set
 
     rows = pd.DataFrame({"benchmark": ["cifar10-mild"] * 2 + ["imdb"], "drop_last": [True, True, False],
                          "train_samples": [50000, 50000, 40000]})
@@ -242,7 +242,7 @@ def test_a_table3_row_never_mixes_drop_last_or_training_sets():
 
 
 def test_seeding_a_store_copies_finished_runs_and_their_records_only(tmp_path, monkeypatch):
-    from flhelpers.studies import reference as ref
+    from flhelpers_lab import reference as ref
 
     committed, store = tmp_path / "committed", tmp_path / "store"
     for rid, done in (("aaaa", True), ("bbbb", False)):
@@ -264,7 +264,7 @@ def test_seeding_a_store_copies_finished_runs_and_their_records_only(tmp_path, m
 def test_table3_counts_only_the_papers_runs_not_another_studys_in_the_same_cell():
     """A Beyond run (FedAvg at 0 % under the two-pairs study's config) shares the MNIST-Mild
     no-attack cell with the Table 3 run; Table 3 and the shape checks read the Table 3 run only."""
-    from flhelpers.studies.reference import paper_runs
+    from flhelpers_lab.reference import paper_runs
 
     paper = benchmark_config("mnist-mild", "medium", defense="fedavg", attacker_ratio=0.0)
     beyond = benchmark_config("mnist-mild", "medium", defense="fedavg", attacker_ratio=0.0,

@@ -1,7 +1,7 @@
 """Reading the committed reference results (``results/reference/medium``) end to end.
 
-The README's medium redraw (``python -m flhelpers reproduce --profile medium``) and
-``python -m flhelpers table3`` must finish on the committed store, and without the explicit
+The README's medium redraw (``python -m flhelpers_lab reproduce --profile medium``) and
+``python -m flhelpers_lab table3`` must finish on the committed store, and without the explicit
 ``--refresh-reference`` flag they must not write into it (``git status`` stays clean).
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import flhelpers.studies.reference as reference
-from flhelpers.cli import main
-from flhelpers.reproduce import NOTEBOOKS
+import flhelpers_lab.reference as reference
+from flhelpers_lab.cli import main
+from flhelpers_lab.reproduce import NOTEBOOKS
 from flhelpers.results import is_finished
 
 REFERENCE = reference.reference_dir("medium")
@@ -48,7 +48,7 @@ def fake_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.slow
 def test_readme_medium_redraw_finishes_on_a_copy_of_the_committed_store(tmp_path: Path, data_root: Path,
                                                                         capsys: pytest.CaptureFixture) -> None:
-    """The README's ``python -m flhelpers reproduce --profile medium`` on a copy of the store, all
+    """The README's ``python -m flhelpers_lab reproduce --profile medium`` on a copy of the store, all
     three benchmark notebooks: they redraw from the committed runs (none computed), the runs the
     store lacks (the CIFAR10 row is still being computed) are listed and left out instead of
     trained for hours, and Table 3 is written, its MNIST-iid and MNIST-Extreme section included."""
@@ -69,7 +69,7 @@ def test_readme_medium_redraw_finishes_on_a_copy_of_the_committed_store(tmp_path
 
 
 def test_medium_redraw_leaves_out_missing_runs_unless_asked_to_compute_them() -> None:
-    from flhelpers.reproduce import medium_parameters
+    from flhelpers_lab.reproduce import medium_parameters
 
     assert medium_parameters("medium", False, False, None) == {"only_finished": True}
     assert medium_parameters("medium", False, False, {"rounds": 2}) == {"only_finished": True, "rounds": 2}
@@ -113,7 +113,7 @@ def test_medium_reproduce_leaves_the_committed_store_untouched(fake_repository: 
     """The default medium redraw reads the committed runs and writes into ``results/medium``."""
     committed = fake_repository / "results" / "reference" / "medium"
     before = _state(committed)
-    from flhelpers.reproduce import reproduce
+    from flhelpers_lab.reproduce import reproduce
 
     assert reproduce("medium", ["IMDB"], data_root=data_root) == 0
     assert _state(committed) == before
@@ -127,7 +127,7 @@ def test_medium_reproduce_leaves_the_committed_store_untouched(fake_repository: 
 
 
 def test_reproduce_refuses_refresh_with_another_results_dir(tmp_path: Path) -> None:
-    from flhelpers.reproduce import reproduce
+    from flhelpers_lab.reproduce import reproduce
 
     with pytest.raises(ValueError, match="--refresh-reference"):
         reproduce("medium", results_dir=tmp_path, refresh_reference=True)

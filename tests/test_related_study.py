@@ -11,8 +11,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from flhelpers.config import validate_config  # noqa: E402
-from flhelpers.studies import related as study  # noqa: E402
-from flhelpers.plots.related import (plot_elimination_detection, plot_elimination_effect, plot_ffl,  # noqa: E402
+from flhelpers_lab import related as study  # noqa: E402
+from flhelpers_lab.plots.related import (plot_elimination_detection, plot_elimination_effect, plot_ffl,  # noqa: E402
                                      plot_krum_ipm)
 
 
@@ -153,7 +153,7 @@ def test_notebook_matches_its_paired_script():
                  "results_dir", "rounds", "peers"):  # the parameters every notebook of the lab takes
         assert f"\n{name} = " in f"\n{params[0].source}", name
     code = "\n".join(c.source for c in script.cells if c.cell_type == "code")
-    assert "def " not in code and "class " not in code  # thin: logic lives in flhelpers.studies.related
+    assert "def " not in code and "class " not in code  # thin: logic lives in flhelpers_lab.related
 
 
 @pytest.mark.slow

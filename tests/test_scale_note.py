@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from flhelpers.studies.paper import paper_comparison, scale_note
+from flhelpers_lab.paper import paper_comparison, scale_note
 
 
 def _rows() -> pd.DataFrame:

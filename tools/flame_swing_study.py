@@ -4,7 +4,7 @@
 
 Recomputes the first ``--rounds`` rounds of the committed Beyond run of FLAME against the paper's
 flip (MNIST-Mild, ``medium``, 40 % attackers, seed 0) in a temporary folder, checks them against
-the committed ``metrics.csv``, and records per round (:class:`flhelpers.studies.flame_swing.GeometryRecorder`)
+the committed ``metrics.csv``, and records per round (:class:`flhelpers_lab.investigations.flame_swing.GeometryRecorder`)
 the mean pairwise cosine of the updates within the attackers, the honest holders of class 7 and
 the other honest peers, their norms, and how many of each FLAME admitted. Writes ``rounds.csv``
 (with the round's Src-Acc and its kind: ``caught`` when FLAME rejected at least 90 % of the
@@ -24,9 +24,9 @@ import torch
 
 from flhelpers.fl.engine import run_experiment
 from flhelpers.results import METRICS, atomic_write_csv, atomic_write_text, run_dir
-from flhelpers.studies import beyond
-from flhelpers.studies.flame_swing import GROUPS, GeometryRecorder, read_geometry
-from flhelpers.studies.tables import to_markdown
+from flhelpers_lab import beyond
+from flhelpers_lab.investigations.flame_swing import GROUPS, GeometryRecorder, read_geometry
+from flhelpers.results.tables import to_markdown
 
 GROUP_NAMES = {"A": "attackers", "S": "honest 7-holders", "H": "other honest peers"}
 
@@ -39,7 +39,7 @@ def flame_flip_config():
 
 
 def kind(row: pd.Series) -> str:
-    """One round's kind (:func:`flhelpers.studies.beyond.swing_kinds`)."""
+    """One round's kind (:func:`flhelpers_lab.beyond.swing_kinds`)."""
     return beyond.swing_kinds(row.to_frame().T).iloc[0]
 
 

@@ -2,9 +2,9 @@
 
     python tools/foolsgold_trap_study.py [--out results/reference/medium/foolsgold-trap] [--reverse]
 
-Runs :func:`flhelpers.studies.foolsgold_trap.study_configs` (the poisoned-start sweep k = 0, 2, 4, 8
+Runs :func:`flhelpers_lab.investigations.foolsgold_trap.study_configs` (the poisoned-start sweep k = 0, 2, 4, 8
 for FoolsGold, FedAvg and LFighter on MNIST-Mild, and FoolsGold at lr 0.001 with 3 local epochs on
-MNIST-iid and -Mild) into ``<out>/runs`` with a :class:`~flhelpers.studies.foolsgold_trap.WeightShareRecorder`
+MNIST-iid and -Mild) into ``<out>/runs`` with a :class:`~flhelpers_lab.investigations.foolsgold_trap.WeightShareRecorder`
 on every run (``<out>/shares/<run-id>.csv``). A finished k = 0 FedAvg or LFighter run of the reference
 store (``--reference``, same run id) is copied instead of recomputed (it then has no weight record:
 FedAvg's weights are the sample counts, LFighter's are in its own record). Runs resume; a run being
@@ -24,9 +24,9 @@ import torch
 
 from flhelpers.fl.engine import run_experiment
 from flhelpers.results import claim_run, is_finished, run_dir
-from flhelpers.studies.foolsgold_trap import (WeightShareRecorder, share_path, study_configs, trap_rounds,
+from flhelpers_lab.investigations.foolsgold_trap import (WeightShareRecorder, share_path, study_configs, trap_rounds,
                                               trap_summary)
-from flhelpers.studies.tables import to_markdown
+from flhelpers.results.tables import to_markdown
 
 COPYABLE = ("config.json", "metrics.csv", "summary.json", "timings.csv")
 
@@ -64,7 +64,7 @@ def summarize(args: argparse.Namespace, out: Path) -> str:
     rounds.to_csv(out / "rounds.csv", index=False)
     summary = trap_summary(rounds)
     text = ("# FoolsGold's self-locking state: poisoned-start sweep and weight shares\n\n"
-            "Written by `tools/foolsgold_trap_study.py` (module `flhelpers.studies.foolsgold_trap`). "
+            "Written by `tools/foolsgold_trap_study.py` (module `flhelpers_lab.investigations.foolsgold_trap`). "
             "MNIST at the `medium` structure, 40 % attackers (7 -> 1), seed 0. `k`: poisoned-start rounds "
             "(the server applies the attackers' FedAvg). Src-Acc, ASR, All-Acc: last-10 means (%). "
             "`escaped_at`: first round from which Src-Acc stays above 50 %. Shares: mean share of the "

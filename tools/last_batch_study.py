@@ -47,7 +47,7 @@ from flhelpers.metrics import evaluate
 from flhelpers.models import loss_fn
 from flhelpers.params import flatten_buffers, flatten_params, load_flat_buffers, load_flat_params
 from flhelpers.seeding import derive_seed
-from flhelpers.studies.tables import to_markdown
+from flhelpers.results.tables import to_markdown
 
 COMMITTED = "b8a7f63bb2e4349b"
 VARIANTS = ("short batch", "drop_last", "short step, old stats", "stats only", "short batch, recalibrated")

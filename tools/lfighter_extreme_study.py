@@ -33,7 +33,7 @@ import torch
 from flhelpers.config import benchmark_config
 from flhelpers.defenses.lfighter import LFighter, concat_features, extreme_features, filter_extreme, top_two
 from flhelpers.fl.engine import build_experiment, run_experiment
-from flhelpers.studies.tables import to_markdown
+from flhelpers.results.tables import to_markdown
 
 VARIANTS = {"in-place, min_samples 2": ("in-place", None), "in-place, min_samples 3": ("in-place", 3),
             "concat, min_samples 2": ("concat", None), "concat, min_samples 3": ("concat", 3)}

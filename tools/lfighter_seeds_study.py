@@ -3,7 +3,7 @@
     python tools/lfighter_seeds_study.py [--out results/reference/medium/lfighter-seeds] [--reverse]
     python tools/lfighter_seeds_study.py --summarize
 
-Runs :func:`flhelpers.studies.lfighter_seeds.study_configs` (LFighter, the paper's rule and with
+Runs :func:`flhelpers_lab.investigations.lfighter_seeds.study_configs` (LFighter, the paper's rule and with
 ``split_by_own_top``, seeds 0-3, MNIST-Extreme at ``medium``, 40 %) into ``<out>/runs``, each with
 its per-round record (``<out>/records/<run-id>.csv``). A run of the reference store (``--reference``)
 that has a record is copied with it instead of recomputed (``tools/run_reference.py --seeds 1 2 3``
@@ -28,10 +28,10 @@ import torch
 from flhelpers.fl.engine import run_experiment
 from flhelpers.config import benchmark_config
 from flhelpers.results import claim_run, is_finished, read_json, run_dir
-from flhelpers.studies.lfighter_seeds import BENCHMARK, study_configs, study_dir, study_rounds, study_summary
-from flhelpers.studies.lfighter_record import LFighterRecorder, record_path
-from flhelpers.studies.reference import reference_dir
-from flhelpers.studies.tables import to_markdown
+from flhelpers_lab.investigations.lfighter_seeds import BENCHMARK, study_configs, study_dir, study_rounds, study_summary
+from flhelpers_lab.lfighter_record import LFighterRecorder, record_path
+from flhelpers_lab.reference import reference_dir
+from flhelpers.results.tables import to_markdown
 
 COPYABLE = ("config.json", "metrics.csv", "summary.json", "timings.csv")
 
@@ -101,7 +101,7 @@ def summarize(args: argparse.Namespace, out: Path) -> str:
     means.insert(0, "seeds", summary.groupby("rule", sort=False)["seed"].apply(lambda x: " ".join(map(str, sorted(x)))))
     summary = summary.sort_values(["rule", "seed"], key=lambda c: c.map({"paper": 0, "split": 1}) if c.name == "rule" else c)
     text = ("# LFighter on MNIST-Extreme across seeds: when Procedure 2 misses the attackers\n\n"
-            "Written by `tools/lfighter_seeds_study.py` (module `flhelpers.studies.lfighter_seeds`). "
+            "Written by `tools/lfighter_seeds_study.py` (module `flhelpers_lab.investigations.lfighter_seeds`). "
             "MNIST-Extreme at the `medium` structure (100 peers, one class each, 80 rounds), 40 % attackers "
             "(4 of the 10 class-7 holders flip 7 -> 1). `rule`: `paper` is LFighter's Procedure 2, `split` "
             "the option `split_by_own_top` (clusters split by their members' own largest neuron; not the "

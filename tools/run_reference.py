@@ -2,16 +2,16 @@
 
     python tools/run_reference.py --profile medium --benchmarks mnist-mild mnist-iid [--threads 1]
 
-Runs the :func:`flhelpers.studies.paper.make_grid` plan of each benchmark one after another, one torch
+Runs the :func:`flhelpers_lab.paper.plan_grid` plan of each benchmark one after another, one torch
 thread per process by default (the tests also run on one thread, so a test can recompute a
 reference run's first rounds exactly). The FedAvg run at the capture ratio is computed through
-:func:`flhelpers.studies.gradients.capture_gradients`, so the notebooks find its gradient analyses too.
+:func:`flhelpers.analysis.gradients.capture_gradients`, so the notebooks find its gradient analyses too.
 Finished runs are skipped and unfinished ones resume, so the script can be stopped and started
 again. ``--only`` keeps the configurations whose defense is listed. A run being computed holds
 ``runs/<run-id>.lock``, so two processes can work through the same plan (one with
 ``--reverse``); a stopped process (Ctrl-C, SIGTERM) removes its lock, remove it by hand only
 after a hard kill. LFighter runs write their per-round record
-(:class:`flhelpers.studies.lfighter_record.LFighterRecorder`) to ``records/<run-id>.csv``.
+(:class:`flhelpers_lab.lfighter_record.LFighterRecorder`) to ``records/<run-id>.csv``.
 ``--set KEY=JSON`` overrides a field in every configuration and ``--ratios`` the attacker ratios,
 e.g. the released LFighter: ``--benchmarks cifar10-mild --only lfighter --ratios 0.4 0
 --set 'defense_kwargs={"variant": "released"}'``. ``--seeds`` runs the plan at other seeds, e.g. MNIST-Extreme's FedAvg and LFighter over seeds 1-3
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from flhelpers.studies.gradients import capture_gradients
-from flhelpers.studies.lfighter_record import LFighterRecorder, record_path
+from flhelpers.analysis.capture import capture_gradients
+from flhelpers_lab.lfighter_record import LFighterRecorder, record_path
 from flhelpers.fl.engine import run_experiment
-from flhelpers.studies.paper import capture_config, make_grid
+from flhelpers_lab.paper import capture_config, plan_grid
 from flhelpers.results import claim_run, is_finished, run_dir
 
 
@@ -69,7 +69,7 @@ def main() -> None:
             overrides[key] = value
     for b in args.benchmarks:
         capture_id = capture_config(b, args.profile).run_id()
-        configs = make_grid(b, args.profile, defenses=args.only or None, attacker_ratios=args.ratios,
+        configs = plan_grid(b, args.profile, defenses=args.only or None, attacker_ratios=args.ratios,
                             seeds=tuple(args.seeds), **overrides)
         for cfg in reversed(configs) if args.reverse else configs:
             if (args.only is not None and cfg.defense not in args.only) or cfg.defense in args.skip:

@@ -170,7 +170,7 @@ class LFighter(Defense):
             Procedure 2 relies on ("provided that the number of attackers is less than the
             number of peers of the target class"). At the paper's
             MNIST-Extreme structure the paper's rule misses the attackers in rounds where
-            HDBSCAN merged them into such a cluster (``studies/lfighter_record.py``).
+            HDBSCAN merged them into such a cluster (``flhelpers_lab/lfighter_record.py``).
         passes: Procedure 1 passes (iid/mild, several output neurons): 1 is the paper's rule
             (the default); more peel off attackers of further source -> target pairs
             (:func:`filter_mild_passes`), at the cost of one k-means a pass and of

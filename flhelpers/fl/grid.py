@@ -6,7 +6,9 @@ recomputed, and an unfinished one resumes from its checkpoint
 (:func:`flhelpers.fl.engine.run_experiment`), so re-running a grid only computes what is
 missing. :func:`load_summary_rows` and :func:`grid_rounds` read a grid's runs back.
 
-Which configurations a notebook runs (the paper's plans) is :mod:`flhelpers.studies.paper`.
+:func:`make_grid` builds the configurations ``defenses x attacker ratios x seeds`` of a
+benchmark (default: the paper's seven defenses at its ratios 0-50 %). Which of them each
+notebook runs (the paper's plans) is the lab's business (``flhelpers_lab.paper``).
 """
 
 from __future__ import annotations
@@ -16,17 +18,59 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Iterable
+import warnings
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 import torch
 
-from flhelpers.config import ExperimentConfig, validate_config
+from flhelpers.config import ConfigError, ExperimentConfig, benchmark_config, validate_config
+from flhelpers.defenses import PAPER_DEFENSES
+from flhelpers.presets import PAPER_RATIOS
 from flhelpers.results import check_results_dir, is_finished, read_json, run_dir
 
 #: the columns of a run's summary that tables and figures use
 SUMMARY_METRICS = ("test_loss", "accuracy", "source_accuracy", "attack_success_rate", "source_accuracy_cv",
                    "detection_tpr", "detection_fpr", "train_time_per_round", "aggregation_time_per_round")
+
+
+def make_grid(benchmark: str, profile: str = "quick", defenses: Sequence[str] | None = None,
+              attacker_ratios: Sequence[float] | None = None, seeds: Sequence[int] = (0,),
+              clean_defenses: Sequence[str] | None = None, **overrides: Any) -> list[ExperimentConfig]:
+    """The configurations ``defenses x attacker_ratios x seeds`` of ``benchmark`` at ``profile``.
+
+    ``defenses`` default to the paper's seven rules (:data:`flhelpers.defenses.PAPER_DEFENSES`) and
+    ``attacker_ratios`` to the paper's 0-50 % (:data:`flhelpers.presets.PAPER_RATIOS`);
+    ``clean_defenses``, when given, are the only rules run at ratio 0. ``overrides`` (e.g.
+    ``rounds``, ``num_peers``; ``None`` values are ignored) apply to every configuration. A
+    combination the rule cannot run (Multi-Krum needs ``n > 2f + 2``, so not at 50 % attackers)
+    is left out with a warning that names it; any other invalid setting raises.
+    """
+    defenses = tuple(PAPER_DEFENSES) if defenses is None else tuple(defenses)
+    ratios = PAPER_RATIOS if attacker_ratios is None else tuple(attacker_ratios)
+    if not defenses or not ratios or not seeds:
+        raise ValueError("A grid needs at least one defense, one attacker ratio and one seed.")
+    configs, skipped = [], []
+    for s in seeds:
+        for r in ratios:
+            for d in defenses:
+                if clean_defenses is not None and r == 0 and d not in clean_defenses:
+                    continue
+                cfg = benchmark_config(benchmark, profile, defense=d, attacker_ratio=float(r), seed=int(s),
+                                       **overrides)
+                try:
+                    validate_config(cfg)
+                except ConfigError as exc:
+                    if "cannot run with" not in str(exc):
+                        raise
+                    skipped.append(f"{d} at {float(r):.0%}")
+                    continue
+                configs.append(cfg)
+    if skipped:
+        warnings.warn(f"{benchmark}: skipped {', '.join(sorted(set(skipped)))}: the rule cannot run with that "
+                      f"many expected attackers among the peers of a round (e.g. Krum needs n > 2f + 2).",
+                      stacklevel=2)
+    return configs
 
 
 def _config_columns(cfg: ExperimentConfig) -> dict[str, Any]:

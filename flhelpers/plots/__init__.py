@@ -1,4 +1,4 @@
-"""Figures, one shared style: the paper's, the related systems', the privacy study's, and heatmaps.
+"""Figures, one shared style: the paper's gradient views and robustness figures, and heatmaps.
 
 ``from flhelpers import plots`` gives the benchmark notebooks' figures and the house style:
 
@@ -7,8 +7,6 @@
   stability, runtime, detection; its docstring maps each function to its figure of the paper);
 * :mod:`~flhelpers.plots.heatmaps` - defense x attacker-ratio heatmaps of Src-Acc and ASR
   (beyond the paper);
-* :mod:`~flhelpers.plots.related`, :mod:`~flhelpers.plots.privacy` - the Related and Privacy
-  notebooks' figures (import them from there).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from flhelpers.plots.style import METRIC_LABELS, defense_label, mark_not_run, require_columns, styled
-from flhelpers.studies.tables import metric_table
+from flhelpers.results.tables import metric_table
 
 #: (metric, short name, colour map): high Src-Acc is good (green), high ASR is bad (red)
 HEATMAP_PANELS = (("source_accuracy", "Src-Acc (%)", "YlGn"), ("attack_success_rate", "ASR (%)", "OrRd"))

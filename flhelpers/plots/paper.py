@@ -88,7 +88,7 @@ def plot_magnitudes(traces: Mapping[str, pd.DataFrame], title: str, log_scale: b
     """Gradient magnitude of the source, target and non-relevant neurons over rounds (Fig 3).
 
     ``traces`` maps a panel title (e.g. ``"MNIST-iid, 30 % attackers"``) to a
-    :func:`flhelpers.studies.gradients.magnitude_trace` frame.
+    :func:`flhelpers.analysis.gradients.magnitude_trace` frame.
     """
     if not traces:
         raise ValueError("plot_magnitudes needs at least one trace.")

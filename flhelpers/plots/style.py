@@ -1,7 +1,7 @@
 """The house style of every figure: labels, colours and font sizes, and how a figure is saved and shown.
 
-Figures of every study (:mod:`flhelpers.plots.paper`, :mod:`~flhelpers.plots.related`,
-:mod:`~flhelpers.plots.privacy`, :mod:`~flhelpers.plots.heatmaps`) draw under :data:`STYLE`
+Figures of every study (:mod:`flhelpers.plots.paper`, :mod:`~flhelpers_lab.plots.related`,
+:mod:`~flhelpers_lab.plots.privacy`, :mod:`~flhelpers.plots.heatmaps`) draw under :data:`STYLE`
 with the paper's names and colours of the defenses; :func:`save_figure` writes a PNG under
 ``<results_dir>/figures/<benchmark>/``, :func:`show` also displays it in a notebook and frees it.
 """

@@ -9,8 +9,8 @@
 * :mod:`~flhelpers.privacy.models` - the small victim network of the inversion study.
 
 The defense against it, DP-FedAvg, is a rule like any other (:mod:`flhelpers.defenses.dp`, with
-its accountant); the privacy notebook's studies are :mod:`flhelpers.studies.privacy`, its figures
-:mod:`flhelpers.plots.privacy`.
+its accountant); the privacy notebook's studies are :mod:`flhelpers_lab.privacy`, its figures
+:mod:`flhelpers_lab.plots.privacy`.
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 For one or more LFighter runs of the same benchmark (the paper's text, the released code, other
 local epochs), :func:`round_evidence` joins each run's per-round record
-(:mod:`flhelpers.studies.lfighter_record`) with its ``metrics.csv``: per round the two neurons
+(:mod:`flhelpers_lab.lfighter_record`) with its ``metrics.csv``: per round the two neurons
 clustered on, where the true source and target neurons rank by summed magnitude, the cluster
 sizes, the rejected peers counted by true role (``nA+nH``), TPR, FPR, Src-Acc and ASR.
 :func:`evidence_markdown` writes them one table per run, after a short summary per run: the first
 round from which every attacker is rejected in every later round (``escape round``), and the mean
 Src-Acc and FPR from then on.
 
-``python -m flhelpers.studies.lfighter_variants`` writes the CIFAR10-Mild comparison of the
+``python -m flhelpers_lab.investigations.lfighter_variants`` writes the CIFAR10-Mild comparison of the
 committed runs to ``results/reference/medium/lfighter-variants/cifar10-mild.md``.
 """
 
@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from flhelpers.results import atomic_write_text, run_dir
-from flhelpers.studies.lfighter_record import read_record, record_path
-from flhelpers.studies.tables import to_markdown
+from flhelpers_lab.lfighter_record import read_record, record_path
+from flhelpers.results.tables import to_markdown
 
 __all__ = ["docs_markdown", "escape_round", "evidence_markdown", "round_evidence", "run_label"]
 
@@ -83,7 +83,7 @@ def evidence_markdown(results_dir: str | Path, run_ids: list[str], title: str) -
              "Per round: the two neurons Procedure 1 clustered on, where the true source and target rank "
              "by summed gradient magnitude (1 = largest), the k-means cluster sizes, the rejected peers by "
              "true role (A attacker, H honest), TPR and FPR (%), then the global model's Src-Acc and ASR (%). "
-             "Written by `python -m flhelpers.studies.lfighter_variants` from each run's "
+             "Written by `python -m flhelpers_lab.investigations.lfighter_variants` from each run's "
              "`records/<run-id>.csv` and `runs/<run-id>/metrics.csv`.", ""]
     for rid in run_ids:
         label = run_label(results_dir, rid) if (run_dir(results_dir, rid) / "config.json").is_file() else rid
@@ -141,7 +141,7 @@ def _summary_line(store: Path, label: str, rid: str) -> str:
 def docs_markdown(store: str | Path) -> str:
     """``docs/lfighter-variants.md``: the two LFighters against the paper, written from the committed store."""
     from flhelpers.results import load_results
-    from flhelpers.studies.reference import lfighter_variants
+    from flhelpers_lab.reference import lfighter_variants
 
     store = Path(store)
     summaries = load_results(store)
@@ -156,7 +156,7 @@ def docs_markdown(store: str | Path) -> str:
     runs = _cifar_runs()
     lines = [
         "# The two LFighters: the paper's text and the released code", "",
-        "<!-- written by `python -m flhelpers.studies.lfighter_variants --docs`; do not edit by hand -->", "",
+        "<!-- written by `python -m flhelpers_lab.investigations.lfighter_variants --docs`; do not edit by hand -->", "",
         "The paper's Procedure 1 scores each k-means cluster by its size share times its *inverse density* (the "
         "mean over members of the largest angle to another member) and drops the lower score. The code that "
         "produced the journal's numbers (`najeebjebreel/LFighter`, class `LFD`) scores "
@@ -196,7 +196,7 @@ def docs_markdown(store: str | Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flhelpers.studies.reference import reference_dir
+    from flhelpers_lab.reference import reference_dir
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results-dir", default=None, help="default: results/reference/medium")

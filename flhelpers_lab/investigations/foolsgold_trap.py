@@ -40,7 +40,7 @@ import pandas as pd
 
 from flhelpers.config import ExperimentConfig, benchmark_config
 from flhelpers.results import append_csv_row, finished_metrics
-from flhelpers.studies.reference import reference_dir
+from flhelpers_lab.reference import reference_dir
 
 __all__ = ["ARXIV_SETTING", "SWEEP_DEFENSES", "SWEEP_K", "WeightShareRecorder", "read_shares", "run_source_holders",
            "share_path", "source_holders", "study_configs", "study_dir", "trap_rounds", "trap_summary"]

@@ -12,7 +12,7 @@
 
 ``profile="paper"`` uses each benchmark's paper-scale preset; ``profile="quick"`` shrinks
 data, peers and rounds so the whole notebook runs in minutes on 2 CPU cores (the numbers
-below say how). Tables are tidy frames the plots of :mod:`flhelpers.plots.related` draw.
+below say how). Tables are tidy frames the plots of :mod:`flhelpers_lab.plots.related` draw.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 :func:`default_plan` is the grid each benchmark notebook runs at a profile: the paper's full
 grid (PAPER.md section 1) at ``paper``, Table 3's structure at ``medium``, a smaller one at
-``quick`` (section comments say why); :func:`make_grid` turns a plan into configurations.
+``quick`` (section comments say why); :func:`plan_grid` turns a plan into configurations.
 ``PAPER_TABLE3`` and ``PAPER_FIGURE_READINGS`` are the paper's numbers and figures in words;
 :func:`paper_comparison` and :func:`check_findings` set a grid's summaries beside them;
 :func:`write_benchmark_tables` writes a benchmark's tables.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,14 +20,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from flhelpers.config import LEGACY_VALUES, ConfigError, ExperimentConfig, benchmark_config, validate_config
+from flhelpers.config import LEGACY_VALUES, ConfigError, ExperimentConfig, benchmark_config
 from flhelpers.defenses import PAPER_DEFENSES
+from flhelpers.fl.grid import make_grid
+from flhelpers.presets import PAPER_RATIOS
 from flhelpers.results import is_finished, run_dir
-from flhelpers.studies.gradients import capture_folder
-from flhelpers.studies.tables import metric_table, paper_order, pair_table, write_table
+from flhelpers.analysis.capture import capture_folder
+from flhelpers.results.tables import metric_table, paper_order, pair_table, write_table
 
-#: the paper's attacker ratios (section 6.1)
-PAPER_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 @dataclass(frozen=True)
@@ -125,44 +124,18 @@ def default_plan(benchmark: str, profile: str = "quick") -> GridPlan:
     return _QUICK_PLANS[key]
 
 
-def make_grid(benchmark: str, profile: str = "quick", defenses: Sequence[str] | None = None,
+def plan_grid(benchmark: str, profile: str = "quick", defenses: Sequence[str] | None = None,
               attacker_ratios: Sequence[float] | None = None, seeds: Sequence[int] = (0,),
               **overrides: Any) -> list[ExperimentConfig]:
-    """The configurations ``defenses x attacker_ratios x seeds`` of ``benchmark`` at ``profile``.
+    """:func:`flhelpers.fl.grid.make_grid` over the plan of ``benchmark`` at ``profile``.
 
     ``defenses`` and ``attacker_ratios`` default to :func:`default_plan` (whose
-    ``clean_defenses`` alone run at ratio 0 when ``defenses`` is not given); ``overrides``
-    (e.g. ``rounds``, ``num_peers``; ``None`` values are ignored) apply to every configuration.
-    A combination the rule cannot run (Multi-Krum needs ``n > 2f + 2``, so not at 50 %
-    attackers) is left out with a warning that names it; any other invalid setting raises.
+    ``clean_defenses`` alone run at ratio 0 when ``defenses`` is not given).
     """
     plan = default_plan(benchmark, profile)
-    clean = plan.clean_defenses if defenses is None else None
-    defenses = tuple(defenses) if defenses is not None else plan.defenses
-    ratios = tuple(attacker_ratios) if attacker_ratios is not None else plan.ratios
-    if not defenses or not ratios or not seeds:
-        raise ValueError("A grid needs at least one defense, one attacker ratio and one seed.")
-    configs, skipped = [], []
-    for s in seeds:
-        for r in ratios:
-            for d in defenses:
-                if clean is not None and r == 0 and d not in clean:
-                    continue
-                cfg = benchmark_config(benchmark, profile, defense=d, attacker_ratio=float(r), seed=int(s),
-                                       **overrides)
-                try:
-                    validate_config(cfg)
-                except ConfigError as exc:
-                    if "cannot run with" not in str(exc):
-                        raise
-                    skipped.append(f"{d} at {float(r):.0%}")
-                    continue
-                configs.append(cfg)
-    if skipped:
-        warnings.warn(f"{benchmark}: skipped {', '.join(sorted(set(skipped)))}: the rule cannot run with that "
-                      f"many expected attackers among the peers of a round (e.g. Krum needs n > 2f + 2).",
-                      stacklevel=2)
-    return configs
+    return make_grid(benchmark, profile, defenses=plan.defenses if defenses is None else defenses,
+                     attacker_ratios=plan.ratios if attacker_ratios is None else attacker_ratios, seeds=seeds,
+                     clean_defenses=plan.clean_defenses if defenses is None else None, **overrides)
 
 
 # ------------------------------------------------------------------ the paper's numbers (PAPER.md 5)
@@ -386,13 +359,13 @@ def notebook_plan(benchmarks: Sequence[str], profile: str = "quick", defenses: S
                   attacker_ratios: Sequence[float] | None = None, seeds: Sequence[int] = (0,),
                   results_dir: str | Path = "results", only_finished: bool = False,
                   **overrides: Any) -> dict[str, list[ExperimentConfig]]:
-    """The runs a benchmark notebook draws, by benchmark: :func:`make_grid` of each of ``benchmarks``.
+    """The runs a benchmark notebook draws, by benchmark: :func:`plan_grid` of each of ``benchmarks``.
 
     With ``only_finished`` the runs not finished in ``results_dir`` are left out (each is
     printed), and so is a benchmark left with no run: this is how the committed ``medium``
     notebooks were executed while some runs were still computing.
     """
-    plan = {b: make_grid(b, profile, defenses, attacker_ratios, seeds, **overrides) for b in benchmarks}
+    plan = {b: plan_grid(b, profile, defenses, attacker_ratios, seeds, **overrides) for b in benchmarks}
     if not only_finished:
         return plan
     missing = [c for cs in plan.values() for c in cs if not is_finished(run_dir(results_dir, c.run_id()))]
@@ -450,4 +423,4 @@ def write_benchmark_tables(summaries: pd.DataFrame, results_dir: str | Path, ben
 
 __all__ = ["GridPlan", "PAPER_FIGURE_READINGS", "PAPER_RATIOS", "PAPER_TABLE3", "TABLE3_BENCHMARKS",
            "TABLE3_DEFENSES", "TABLE3_ROWS", "scale_note", "RELEASED_LFIGHTER", "ROW_TITLES", "capture_config", "capture_configs", "capture_ratio", "check_findings", "default_plan", "has_plan",
-           "make_grid", "notebook_plan", "paper_comparison", "plan_table", "stability_ratio", "write_benchmark_tables"]
+           "plan_grid", "notebook_plan", "paper_comparison", "plan_table", "stability_ratio", "write_benchmark_tables"]

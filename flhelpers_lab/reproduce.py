@@ -1,9 +1,9 @@
 """Run the benchmark notebooks headless with papermill (``make reproduce``).
 
-    python -m flhelpers reproduce --profile quick            # all six notebooks, minutes
-    python -m flhelpers reproduce --profile medium           # the benchmark notebooks over the
+    python -m flhelpers_lab reproduce --profile quick            # all six notebooks, minutes
+    python -m flhelpers_lab reproduce --profile medium           # the benchmark notebooks over the
                                                              # committed reference runs
-    python -m flhelpers reproduce --profile paper --notebooks MNIST   # the paper's scale
+    python -m flhelpers_lab reproduce --profile paper --notebooks MNIST   # the paper's scale
 
 Each notebook ``notebooks/<NAME>.ipynb`` is executed with its parameters cell overridden by
 ``profile``, ``results_dir``, ``data_root`` and ``device`` (plus any ``parameters``); the
@@ -13,7 +13,7 @@ themselves (``<results_dir>/figures``, ``<results_dir>/tables``). Finished runs 
 a second call only re-draws.
 
 At ``medium`` the results store defaults to ``results/medium``, which is first seeded with the
-committed reference runs of ``results/reference/medium`` (:func:`flhelpers.studies.reference.results_store`):
+committed reference runs of ``results/reference/medium`` (:func:`flhelpers_lab.reference.results_store`):
 the three benchmark notebooks read every run back instead of computing it, and ``table3.csv`` /
 ``table3.md`` are written beside them. A run the committed store does not have yet (a row still
 being computed) is listed and left out (``only_finished``), since computing it takes hours:
@@ -144,7 +144,7 @@ def notebook_parameters(profile: str, results: Path, data_root: str | Path | Non
     """The parameters papermill injects: ``profile``, ``results_dir``, ``device``, ``data_root``
     unless it comes from ``$FLHELPERS_DATA`` (the kernel inherits the variable), ``force`` when
     set, then ``parameters``. Paths inside the repository are relative to ``kernel_cwd``."""
-    from flhelpers.studies.reference import repository_root
+    from flhelpers_lab.reference import repository_root
 
     repo = repository_root()
     params: dict[str, Any] = {"profile": profile, "results_dir": notebook_path(results, kernel_cwd, repo),
@@ -188,7 +188,7 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
         notebooks: names among ``MNIST``, ``CIFAR10``, ``IMDB``, ``Related``, ``Privacy``, ``Beyond``
             (default all six; at ``medium`` the three benchmark notebooks).
         results_dir: the results store; executed notebooks go to ``<results_dir>/notebooks``
-            (default :func:`flhelpers.studies.reference.default_results_dir`: ``results``, or
+            (default :func:`flhelpers_lab.reference.default_results_dir`: ``results``, or
             ``results/medium`` at ``medium``). At ``medium`` it is first seeded with the committed
             runs it lacks.
         data_root: the data root (default ``$FLHELPERS_DATA``, which the kernel inherits, else
@@ -209,7 +209,7 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
             ``refresh_reference`` with ``results_dir`` or at a profile without committed results,
             or ``compute_missing`` away from ``medium`` or with ``only_finished``.
     """
-    from flhelpers.studies.reference import REFERENCE_PROFILES, reference_dir, results_store, write_table3
+    from flhelpers_lab.reference import REFERENCE_PROFILES, reference_dir, results_store, write_table3
 
     import papermill as pm
 

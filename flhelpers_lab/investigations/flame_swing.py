@@ -2,7 +2,7 @@
 
 At ``medium`` FLAME's Src-Acc under the paper's flip is 45.7 %, below FedAvg's 69.1 %, and its
 per-round detection counts alternate from round 5 on: a round that rejects every attacker, then one
-that keeps them all and rejects about 80 % of the honest peers (:func:`flhelpers.studies.beyond.swings`).
+that keeps them all and rejects about 80 % of the honest peers (:func:`flhelpers_lab.beyond.swings`).
 FLAME admits a single HDBSCAN cluster of at least ``K // 2 + 1`` peers over the cosine distances of
 the updates (:mod:`flhelpers.defenses.flame`). The hypothesis: the tightest group of updates fills
 that cluster, and which group is tightest depends on the global model. After a round that caught the
@@ -16,7 +16,7 @@ same repair.
     cos_G = mean_{i != j in G} <u_i, u_j> / (||u_i|| ||u_j||)
 
 within the attackers (``A``), within the honest holders of the source class (``S``: at least the
-iid share ``1/C`` of their samples are the source class, :func:`~flhelpers.studies.foolsgold_trap.source_holders`)
+iid share ``1/C`` of their samples are the source class, :func:`~flhelpers_lab.investigations.foolsgold_trap.source_holders`)
 and within the other honest peers (``H``), the mean update norm of each group, and how many of each
 FLAME admitted. ``tools/flame_swing_study.py`` runs it on the committed run and writes the summary.
 """
@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from flhelpers.results import append_csv_row
-from flhelpers.studies.foolsgold_trap import run_source_holders
+from flhelpers_lab.investigations.foolsgold_trap import run_source_holders
 
 __all__ = ["GROUPS", "COLUMNS", "GeometryRecorder", "geometry_row", "mean_pairwise_cosine"]
 

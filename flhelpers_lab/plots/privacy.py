@@ -65,7 +65,7 @@ def plot_accuracy_vs_epsilon(frame: pd.DataFrame, accuracy: str = "final_accurac
     """Accuracy of DP-FedAvg runs against their epsilon (log scale), with the no-DP run as a line.
 
     ``frame`` has columns ``noise_multiplier``, ``epsilon`` (NaN for the run without DP) and
-    ``accuracy`` (see :func:`flhelpers.studies.privacy.dp_accuracy_study`).
+    ``accuracy`` (see :func:`flhelpers_lab.privacy.dp_accuracy_study`).
     """
     import matplotlib.pyplot as plt
 

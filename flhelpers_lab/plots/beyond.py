@@ -1,7 +1,7 @@
 """The Beyond notebook's figures: defense x attack heatmaps beside the no-attack value,
 LFighter's detection per attack, and the camouflage trade-off.
 
-Each takes a table of :mod:`flhelpers.studies.beyond` (values in %) and draws it with the house
+Each takes a table of :mod:`flhelpers_lab.beyond` (values in %) and draws it with the house
 style; cells not run read "not run".
 """
 
@@ -22,7 +22,7 @@ PANELS = {"src": ("Src-Acc (%)", "YlGn"), "asr": ("ASR (%)", "OrRd"), "backdoor"
 def plot_attack_heatmap(table: pd.DataFrame, kind: str, title: str) -> Figure:
     """One annotated heatmap, defenses (rows) x attacks (columns, the first "no attack"), 0-100 %.
 
-    ``table`` is :func:`flhelpers.studies.beyond.attack_table` of ``kind`` (``src``, ``asr`` or
+    ``table`` is :func:`flhelpers_lab.beyond.attack_table` of ``kind`` (``src``, ``asr`` or
     ``backdoor``); a white line sets the no-attack column apart.
     """
     if kind not in PANELS:
@@ -49,7 +49,7 @@ def plot_attack_heatmap(table: pd.DataFrame, kind: str, title: str) -> Figure:
 
 @styled
 def plot_lfighter_detection(table: pd.DataFrame, title: str) -> Figure:
-    """LFighter's TPR and FPR (%) per attack: :func:`flhelpers.studies.beyond.lfighter_detection`."""
+    """LFighter's TPR and FPR (%) per attack: :func:`flhelpers_lab.beyond.lfighter_detection`."""
     frame = table.reset_index()
     frame["run"] = frame["attack"] + " (" + frame["attacker ratio"] + ")"
     long = frame.melt(id_vars="run", value_vars=["TPR (%)", "FPR (%)"], var_name="rate", value_name="%")
@@ -65,7 +65,7 @@ def plot_lfighter_detection(table: pd.DataFrame, title: str) -> Figure:
 @styled
 def plot_camouflage_curve(curve: pd.DataFrame, title: str) -> Figure:
     """The camouflage trade-off: (a) ASR and Src-Acc against ``lam``, (b) ASR against LFighter's TPR,
-    each point labelled with its ``lam`` (:func:`flhelpers.studies.beyond.camouflage_curve`)."""
+    each point labelled with its ``lam`` (:func:`flhelpers_lab.beyond.camouflage_curve`)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     lam = curve.index.to_numpy()
     for name, colour in (("ASR (%)", "#e34a33"), ("Src-Acc (%)", "#31a354"), ("TPR (%)", "#2b8cbe")):

@@ -13,7 +13,7 @@ function                               seed figure
                                        attacker, vs attackers
 =====================================  ==========================================
 
-Inputs are the tidy tables of :mod:`flhelpers.studies.related`; every function returns a
+Inputs are the tidy tables of :mod:`flhelpers_lab.related`; every function returns a
 matplotlib figure with a title, axis labels with units and a legend.
 """
 
@@ -83,7 +83,7 @@ def _styles(names: Sequence[str]) -> dict[str, dict[str, object]]:
 def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"{what} needs the column(s) {missing}; pass the table from flhelpers.studies.related.")
+        raise ValueError(f"{what} needs the column(s) {missing}; pass the table from flhelpers_lab.related.")
 
 
 def _lines(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, by: str, scale: float = 100.0) -> None:

@@ -5,7 +5,7 @@ The study runs, at the ``medium`` structure (100 peers, one class each, 40 % of 
 holders flipping 7 -> 1), LFighter as the paper defines it and LFighter with
 ``split_by_own_top=True`` (:class:`flhelpers.defenses.lfighter.LFighter`) for each seed of
 :data:`SEEDS`, every run with its per-round record
-(:class:`flhelpers.studies.lfighter_record.LFighterRecorder`). FedAvg at 0 % and 40 % of the same
+(:class:`flhelpers_lab.lfighter_record.LFighterRecorder`). FedAvg at 0 % and 40 % of the same
 seeds are the reference store's runs (``tools/run_reference.py --seeds``).
 
 A round's miss is read from the record's ``attacker_company`` (each cluster holding attackers:
@@ -31,8 +31,8 @@ import pandas as pd
 
 from flhelpers.config import ExperimentConfig, benchmark_config
 from flhelpers.results import finished_metrics
-from flhelpers.studies.lfighter_record import read_record, record_path
-from flhelpers.studies.reference import reference_dir
+from flhelpers_lab.lfighter_record import read_record, record_path
+from flhelpers_lab.reference import reference_dir
 
 __all__ = ["BENCHMARK", "MISS_KINDS", "SEEDS", "miss_kind", "study_configs", "study_dir", "study_rounds",
            "study_summary"]

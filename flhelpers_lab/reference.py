@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flhelpers.studies.paper import (PAPER_TABLE3, RELEASED_LFIGHTER, ROW_TITLES, TABLE3_BENCHMARKS, TABLE3_ROWS,
+from flhelpers_lab.paper import (PAPER_TABLE3, RELEASED_LFIGHTER, ROW_TITLES, TABLE3_BENCHMARKS, TABLE3_ROWS,
                                      cell_mean, select_cell)
-from flhelpers.studies.tables import to_markdown
+from flhelpers.results.tables import to_markdown
 from flhelpers.results import atomic_write_text, is_finished, load_results
 
 #: profiles whose reference results are committed
@@ -160,7 +160,7 @@ OTHER_FINDINGS: dict[str, str] = {
 
 def repository_root() -> Path:
     """The folder that holds ``flhelpers/`` (the repository, for an editable install)."""
-    return Path(__file__).resolve().parents[2]  # flhelpers/studies/reference.py
+    return Path(__file__).resolve().parents[1]  # flhelpers_lab/reference.py
 
 
 def reference_dir(profile: str) -> Path:
@@ -238,7 +238,7 @@ def results_store(results_dir: str | Path | None, profile: str, force: bool = Fa
 
 def table3_folders(profile: str, results_dir: str | Path | None = None,
                    refresh_reference: bool = False) -> tuple[Path, Path]:
-    """``(runs read from, tables written to)`` for ``python -m flhelpers table3``.
+    """``(runs read from, tables written to)`` for ``python -m flhelpers_lab table3``.
 
     ``results_dir`` is both; else, at a committed profile, the committed runs are read and the
     tables go to :func:`default_results_dir` (``results/medium``), or into the committed folder
@@ -394,7 +394,7 @@ OTHER_BENCHMARKS = ("mnist-iid", "mnist-extreme")
 def other_runs(summaries: pd.DataFrame) -> pd.DataFrame:
     """The reference runs of :data:`OTHER_BENCHMARKS`: one row per benchmark, defense and ratio (%).
 
-    A cell with several runs (seeds of one configuration, :func:`~flhelpers.studies.paper.select_cell`)
+    A cell with several runs (seeds of one configuration, :func:`~flhelpers_lab.paper.select_cell`)
     shows their mean, the seeds, and the spread of Src-Acc: the sample standard deviation (``ddof=1``;
     n/a for one run) and the range ``min-max``. Only the paper's runs count (:func:`paper_runs`).
     """
@@ -484,7 +484,7 @@ def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medi
              "",
              "Src-Acc, ASR and All-Acc in %, each the mean of the last 10 rounds (seed 0); FedAvg without "
              "attack, then every rule at 40 % attackers. `diff` = ours - paper, in points. The paper reports "
-             "All-Acc at 40 % for FedAvg and LFighter only. Written by `python -m flhelpers table3`.",
+             "All-Acc at 40 % for FedAvg and LFighter only. Written by `python -m flhelpers_lab table3`.",
              ""]
     for bench in t3["benchmark"].unique():
         part = t3[t3["benchmark"] == bench]
@@ -509,7 +509,7 @@ def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medi
         lines.append(f"- **{r.benchmark}, {ROW_TITLES.get(r.defense, r.defense)}** (Src-Acc {_fmt(r.src_acc_diff, True)}, ASR "
                      f"{_fmt(r.asr_diff, True)} points): {r.reason or 'no reason written yet.'}")
     if others is not None and len(others):
-        from flhelpers.studies.paper import PAPER_FIGURE_READINGS
+        from flhelpers_lab.paper import PAPER_FIGURE_READINGS
 
         lines += ["", "## MNIST-iid and MNIST-Extreme (not in Table 3; the paper shows them in figures)", ""]
         for b in others["benchmark"].unique():
@@ -547,7 +547,7 @@ def readme_tables(t3: pd.DataFrame, checks: pd.DataFrame) -> str:
 
 
 #: README.md's markers around the generated tables (:func:`update_readme`)
-README_MARKERS = ("<!-- table3:begin (python -m flhelpers table3 --readme README.md) -->", "<!-- table3:end -->")
+README_MARKERS = ("<!-- table3:begin (python -m flhelpers_lab table3 --readme README.md) -->", "<!-- table3:end -->")
 
 
 def update_readme(readme: str | Path, tables: str) -> bool:

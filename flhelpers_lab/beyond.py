@@ -4,7 +4,7 @@ What the ``Beyond`` notebook runs and reads. :func:`beyond_plan` gives, per prof
 (:data:`flhelpers.attacks.DATA_POISONING_ATTACKS`, each beside the paper's flip), the rules and
 the attacker ratios; :func:`planned_runs` turns it into configurations, each tagged with the
 attack's key; :func:`run_beyond` computes them (LFighter's runs with their per-round record,
-:class:`~flhelpers.studies.lfighter_record.LFighterRecorder`, in ``<results>/records/``);
+:class:`~flhelpers_lab.lfighter_record.LFighterRecorder`, in ``<results>/records/``);
 the table functions set each attack's metric beside its no-attack value, and
 :func:`findings` writes, from the numbers and the records, which rules hold and which break.
 
@@ -32,8 +32,8 @@ from flhelpers.config import ExperimentConfig, benchmark_config, validate_config
 from flhelpers.fl.grid import run_grid
 from flhelpers.fl.checkpoint import CHECKPOINT
 from flhelpers.results import METRICS, is_finished, run_dir
-from flhelpers.studies.lfighter_record import LFighterRecorder, read_record
-from flhelpers.studies.lfighter_record import record_path as lfighter_record_path
+from flhelpers_lab.lfighter_record import LFighterRecorder, read_record
+from flhelpers_lab.lfighter_record import record_path as lfighter_record_path
 
 #: the second pair of the several-pairs attack on MNIST (the first is the paper's 7 -> 1)
 SECOND_PAIR = (3, 8)
@@ -656,7 +656,7 @@ def select_runs(runs: Sequence[PlannedRun], ratios: Sequence[float] | None = Non
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m flhelpers.studies.beyond --profile medium [--ratios 0.4] [--keys flip pairs]``:
+    """``python -m flhelpers_lab.beyond --profile medium [--ratios 0.4] [--keys flip pairs]``:
     compute the study's runs of a profile (finished runs are skipped, unfinished ones resume) into
     ``--results-dir`` (default: the profile's working store, ``results/medium`` at medium, git-ignored;
     ``--results-dir results/reference/medium`` computes the committed reference runs).
@@ -664,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     always come along)."""
     import argparse
 
-    from flhelpers.studies.reference import default_results_dir
+    from flhelpers_lab.reference import default_results_dir
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--profile", default="medium")

@@ -1,4 +1,4 @@
-"""Figures of FoolsGold's self-locking study (:mod:`flhelpers.studies.foolsgold_trap`).
+"""Figures of FoolsGold's self-locking study (:mod:`flhelpers_lab.investigations.foolsgold_trap`).
 
 :func:`plot_weight_shares`: one column per FoolsGold run (poisoned start k = 0, 2, 4, 8 and the
 arXiv-era lr 0.001 / 3 epochs setting); top row the share of FoolsGold's weight held by the
@@ -29,7 +29,7 @@ def _shade(ax: plt.Axes, k: int) -> None:
 @styled
 def plot_weight_shares(rounds: pd.DataFrame, defense: str = "foolsgold") -> Figure:
     """Weight shares and Src-Acc / ASR per round for each run of ``defense`` in ``rounds``
-    (:func:`flhelpers.studies.foolsgold_trap.trap_rounds`)."""
+    (:func:`flhelpers_lab.investigations.foolsgold_trap.trap_rounds`)."""
     require_columns(rounds, ["label", "defense", "poisoned_rounds", "round", "source_accuracy",
                              "attack_success_rate"], "trap_rounds")
     runs = rounds[rounds["defense"] == defense]
