@@ -84,7 +84,7 @@ TABLE3_REASONS: dict[tuple[str, str], str] = {
         "there too (24.2 %); the shape holds: FoolsGold protects dog no better than FedAvg (ours 0.2 vs 0.0)."),
     ("cifar10-mild", "lfighter"): (
         "the paper's score locks onto the wrong cluster (per-round records in "
-        "`lfighter-variants/cifar10-mild.md`; findings page `docs/lfighter-variants.md`). In rounds 0-9 the "
+        "`lfighter-variants/cifar10-mild.md`; findings page `docs/findings/cifar10-mild.md`). In rounds 0-9 the "
         "model has not learnt dog, Procedure 1 clusters on other neuron pairs and the flip settles (ASR 80-89 % "
         "in rounds 5-9). From round 10 dog and cat are the two largest neurons, but the model already maps dog "
         "to cat, so the 11 honest dog holders push the same repair and form the tighter cluster, which the "
@@ -154,7 +154,7 @@ OTHER_FINDINGS: dict[str, str] = {
         "Procedure 2 relies on. On the same 4 seeds it raises TPR to 97.8 +- 1.6 % (FPR 0.5 %) and Src-Acc to "
         "82.4 +- 1.2 %; its 7 remaining misses are all in rounds 0-5, with the class-1 peers. The source class "
         "stays 4.5 points below FedAvg without attack either way: on one-class-per-peer data FedAvg's own Src-Acc "
-        "swings by up to 47 points a round (`docs/lfighter-extreme.md`), and the rounds lost early delay the class."),
+        "swings by up to 47 points a round (`docs/findings/mnist-extreme.md`), and the rounds lost early delay the class."),
 }
 
 
@@ -472,7 +472,7 @@ def variants_markdown(variants: pd.DataFrame) -> str:
         "## The two LFighters: the paper's text and the released code", "",
         "At 40 % attackers (seed 0; MNIST-Extreme the mean over the seeds listed), then without attackers: "
         "Src-Acc at 0 %, its cost against FedAvg at 0 % (points), and the FPR at 0 % (every peer rejected is "
-        "honest). n/a: not run yet. Why they differ: `docs/lfighter-variants.md`.", "",
+        "honest). n/a: not run yet. Why they differ: `docs/findings/cifar10-mild.md`.", "",
         to_markdown(variants.set_index("benchmark"), 1), ""])
 
 

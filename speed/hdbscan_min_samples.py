@@ -1,4 +1,4 @@
-"""Which scikit-learn ``min_samples`` matches the ``hdbscan`` package's default (docs/lfighter-extreme.md).
+"""Which scikit-learn ``min_samples`` matches the ``hdbscan`` package's default (docs/findings/mnist-extreme.md).
 
     pip install hdbscan && python speed/hdbscan_min_samples.py [--cases 200]
 

@@ -43,12 +43,12 @@ def test_no_escape_when_the_last_round_misses(tmp_path) -> None:
 
 
 def test_the_committed_findings_page_is_current() -> None:
-    """``docs/lfighter-variants.md`` is written from the committed store: it cannot drift from the runs."""
+    """``docs/findings/cifar10-mild.md`` is written from the committed store: it cannot drift from the runs."""
     from pathlib import Path
 
     from flhelpers_lab.investigations.lfighter_variants import docs_markdown
     from flhelpers_lab.reference import reference_dir
 
     root = Path(__file__).resolve().parents[1]
-    assert (root / "docs" / "lfighter-variants.md").read_text() == docs_markdown(reference_dir("medium")), (
+    assert (root / "docs" / "findings" / "cifar10-mild.md").read_text() == docs_markdown(reference_dir("medium")), (
         "stale: run python -m flhelpers_lab.investigations.lfighter_variants --docs")

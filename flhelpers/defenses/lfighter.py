@@ -49,7 +49,7 @@ Choices where the paper is silent (each also stated at the code that makes it):
   point itself in ``min_samples``, so the same neighbourhood is scikit-learn's ``min_samples=3``
   (our default; its own default, 2, is a smaller neighbourhood that labels more peers noise).
   Euclidean metric, excess-of-mass cluster selection.
-* **Extreme-branch feature** (``docs/lfighter-extreme.md``): the two rows
+* **Extreme-branch feature** (``docs/findings/mnist-extreme.md``): the two rows
   concatenated, as Procedure 2 writes it. Keeping them in place inside the zeroed output layer
   (``extreme_features="in-place"``, our earlier reading) encodes *which* second neuron each
   peer has; honest peers of one class differ there, so their class split into several clusters

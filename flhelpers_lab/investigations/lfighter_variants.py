@@ -139,7 +139,7 @@ def _summary_line(store: Path, label: str, rid: str) -> str:
 
 
 def docs_markdown(store: str | Path) -> str:
-    """``docs/lfighter-variants.md``: the two LFighters against the paper, written from the committed store."""
+    """``docs/findings/cifar10-mild.md``: the two LFighters against the paper, written from the committed store."""
     from flhelpers.results import load_results
     from flhelpers_lab.reference import lfighter_variants
 
@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results-dir", default=None, help="default: results/reference/medium")
-    p.add_argument("--docs", nargs="?", const="docs/lfighter-variants.md", default=None,
-                   help="also write the findings page (default path: docs/lfighter-variants.md)")
+    p.add_argument("--docs", nargs="?", const="docs/findings/cifar10-mild.md", default=None,
+                   help="also write the findings page (default path: docs/findings/cifar10-mild.md)")
     args = p.parse_args(argv)
     store = Path(args.results_dir) if args.results_dir else reference_dir("medium")
     text = evidence_markdown(store, list(_cifar_runs().values()), "CIFAR10-Mild: the two LFighters round by round")
