@@ -1,6 +1,7 @@
 # flhelpers: `make reproduce` runs the main job, `make test` runs the tests.
 # Both create .venv and install the package when needed (only Python >= 3.10 and pip required).
 # `make lab` opens JupyterLab on notebooks/ with this environment as its kernel.
+# `make docs` builds the documentation site into site/ (strict); `make docs-serve` serves it.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +16,7 @@ COMPUTE_MISSING ?=
 LAB_ARGS ?=
 export FLHELPERS_DATA ?= $(CURDIR)/data
 
-.PHONY: install test test-fast reproduce lab speed benchmarks clean-results
+.PHONY: install test test-fast reproduce lab speed benchmarks clean-results docs docs-serve
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,22 @@ speed: $(VENV)/.installed
 	$(PY) speed/round_speed.py
 	$(PY) speed/round_shares.py
 	$(PY) speed/precision.py
+
+# The site: the generated pages (API from the docstrings, results from the committed store, the executed
+# medium notebooks; python -m flhelpers_lab.docsite), then mkdocs --strict: a broken link, a missing page
+# or an unresolved API reference fails the build.
+DOCS_ADDR ?= 127.0.0.1:8000
+$(VENV)/.docs-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	MPLBACKEND=Agg $(PY) -m flhelpers_lab.docsite
+	MPLBACKEND=Agg $(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: $(VENV)/.docs-installed
+	MPLBACKEND=Agg $(PY) -m flhelpers_lab.docsite
+	MPLBACKEND=Agg $(VENV)/bin/mkdocs serve --dev-addr $(DOCS_ADDR)
 
 clean-results:
 	rm -rf $(or $(RESULTS),results)/runs $(or $(RESULTS),results)/notebooks

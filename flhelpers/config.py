@@ -89,12 +89,10 @@ class ExperimentConfig:
     :func:`flhelpers.fl.training.training_autocast`). An option for speed, never a default, because
     it changes the numbers: autocast runs convolutions and matrix products in bfloat16 (8 bits of
     mantissa) while the parameters, gradients, optimizer state, the averaged model, the defenses
-    and the evaluation stay float32. On this CPU it made a ResNet18 step of 32 CIFAR10 images
-    15-25 % faster (``speed/precision.py`` measures it). Under bfloat16 the two
-    backends agree only to bfloat16's precision (their reduction orders differ, and 8-bit
-    mantissas amplify that: two local steps of ResNet18 or of the IMDB BiLSTM end 19-33 % of the
-    update's norm apart, as far as from float32), so a run's numbers depend on its backend too.
-    The paper and the authors' code train in float32.
+    and the evaluation stay float32. Under bfloat16 the two backends agree only to bfloat16's
+    precision (their reduction orders differ), so a run's numbers depend on its backend too.
+    The paper and the authors' code train in float32. Speed and spread measured:
+    ``docs/findings/presets.md``.
 
     ``poisoned_rounds`` (``k``, default 0: off): a *poisoned start*. In
     rounds ``t < k`` the server's step is FedAvg over the attackers' updates only, whatever
@@ -124,8 +122,8 @@ class ExperimentConfig:
     applies it; config.json records it, and a run is never resumed in the other mode.
 
     ``peers_per_step`` (default None): the vectorized backend's chunk, the peers trained in one
-    lockstep step. The chunk changes the float rounding of the updates (1 and 4 peers a step
-    differ by about 1e-8 on the CPU), so None chooses it once per run from the device's *total*
+    lockstep step. The chunk changes the float rounding of the updates (measured:
+    ``docs/findings/presets.md``), so None chooses it once per run from the device's *total*
     memory (:meth:`flhelpers.fl.vectorized.VectorizedTrainer.memory_chunk`), never from the memory
     free at the moment; config.json records the value used.
     """

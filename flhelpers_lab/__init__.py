@@ -4,9 +4,11 @@ The library (``flhelpers``) runs federated learning with attacks and defenses; t
 to reproduce the LFighter paper and to study what it found. It imports ``flhelpers``, never the
 reverse (tests/test_architecture.py holds it).
 
-* :mod:`~flhelpers_lab.paper` - the paper's plans per benchmark and profile, its Table 3 and
-  figure readings, and the comparisons of a grid with them;
-* :mod:`~flhelpers_lab.reference` - the committed ``medium`` store and ``table3.md``;
+* :mod:`~flhelpers_lab.paper` - the paper's plans per benchmark and profile, its figure
+  readings, and the comparisons a notebook prints;
+* :mod:`~flhelpers_lab.table3` - the journal's Table 3 beside the runs: its cells, the shape
+  checks, ``table3.md`` (its written reasons are ``docs/findings/table3.md``);
+* :mod:`~flhelpers_lab.store` - where results live: the committed ``medium`` store and the working copies;
 * :mod:`~flhelpers_lab.reproduce` - the notebooks run headless (``python -m flhelpers_lab reproduce``);
 * :mod:`~flhelpers_lab.beyond`, :mod:`~flhelpers_lab.related`, :mod:`~flhelpers_lab.privacy` -
   the Beyond, Related and Privacy notebooks' studies;

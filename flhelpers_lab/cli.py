@@ -59,8 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "and write into results/medium/, else results/)")
     t3.add_argument("--refresh-reference", action="store_true",
                     help="write the tables into the committed store results/reference/<profile>/ itself")
-    t3.add_argument("--readme", default=None, metavar="README.md",
-                    help="also put readme_tables.md between the table3 markers of this README")
     study = sub.add_parser("study", help="run one study or investigation (its own options follow its name)")
     study.add_argument("name", nargs="?", help="one of: " + ", ".join(STUDIES))
     study.add_argument("--list", action="store_true", help="list the studies and exit")
@@ -69,15 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_table3(args: argparse.Namespace) -> int:
-    from flhelpers_lab.reference import table3_folders, update_readme, write_table3
+    """``table3``: write ``table3.csv`` and ``table3.md`` (reasons: ``docs/findings/table3.md``); print the latter."""
+    from flhelpers_lab.store import table3_folders
+    from flhelpers_lab.table3 import write_table3
 
     source, folder = table3_folders(args.profile, args.results_dir, args.refresh_reference)
     write_table3(source, args.profile, out_dir=folder)
     print((folder / "table3.md").read_text())
     print(f"written: {folder / 'table3.md'}, {folder / 'table3.csv'} (runs read from {source})")
-    if args.readme:
-        changed = update_readme(args.readme, (folder / "readme_tables.md").read_text())
-        print(f"{args.readme}: {'updated' if changed else 'already current'}")
     return 0
 
 

@@ -20,11 +20,14 @@ one row of weights and bias per output neuron ``i``) and writes one CSV row with
   the target-class peers, or only attackers.
 
 Rows are appended as rounds finish, so a run that is stopped and resumed keeps its record
-(:func:`read_record` keeps the last row of a round written twice).
+(:func:`read_record` keeps the last row of a round written twice). :class:`LFighterRecords` is the
+grid's recorder (:class:`flhelpers.fl.grid.RunRecorder`) that gives each LFighter run of a grid
+its record, ``<results>/records/<run-id>.csv``, wherever the run is computed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +35,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from flhelpers.config import ExperimentConfig
 from flhelpers.defenses.lfighter import filter_mild, neuron_magnitudes
+from flhelpers.fl.grid import RunRecorder, RunRecording
 from flhelpers.results import append_csv_row
 
-__all__ = ["LFighterRecorder", "read_record", "record_path", "record_row", "record_summary", "records_table"]
+__all__ = ["LFighterRecorder", "LFighterRecords", "read_record", "record_path", "record_row", "record_summary",
+           "records_table"]
 
 COLUMNS = ("round", "neurons", "top_neurons", "source_rank", "target_rank", "cluster_sizes", "reason",
            "rejected", "tpr", "fpr", "oracle_tpr", "oracle_fpr", "clusters", "attacker_company")
@@ -111,6 +117,47 @@ class LFighterRecorder:
                                                 rec.peer_ids, rec.result.info, self.source, self.target,
                                                 ctx.seed)}
         append_csv_row(self.path, COLUMNS, row)
+
+
+class _LFighterRecording(RunRecording):
+    """A grid run's :class:`LFighterRecorder`; a run that starts at round 0 starts its record afresh
+    (a resumed run appends to the record of its first rounds)."""
+
+    def __init__(self, path: Path, source_class: int, target_class: int) -> None:
+        self.recorder = LFighterRecorder(path, source_class, target_class)
+        self.first = True
+
+    def __call__(self, record: Any) -> None:
+        if self.first and record.round == 0:
+            self.recorder.path.unlink(missing_ok=True)
+        self.first = False
+        self.recorder(record)
+
+
+@dataclass(frozen=True)
+class LFighterRecords(RunRecorder):
+    """The grid's recorder of LFighter's per-round record: every run of a grid whose defense is one
+    of ``defenses`` gets :func:`record_path` (``records/<run-id>.csv``) in the grid's store.
+
+    ``recompute_missing``: a finished run without its record is computed again for it (beside
+    the stored run, whose files are kept; :func:`flhelpers.fl.executors.compute_recorded`);
+    otherwise such a run is read back as it is.
+    """
+
+    defenses: tuple[str, ...] = ("lfighter",)
+    recompute_missing: bool = True
+
+    def outputs(self, cfg: ExperimentConfig) -> tuple[str, ...]:
+        """``records/<run-id>.csv`` for a run of one of ``defenses``."""
+        return (record_path("", cfg.run_id()).as_posix(),) if cfg.defense in self.defenses else ()
+
+    def needs_computing(self, cfg: ExperimentConfig, results_dir: str | Path) -> bool:
+        return self.recompute_missing and super().needs_computing(cfg, results_dir)
+
+    def start(self, cfg: ExperimentConfig, results_dir: Path) -> RunRecording | None:
+        if cfg.defense not in self.defenses:
+            return None
+        return _LFighterRecording(record_path(results_dir, cfg.run_id()), cfg.source_class, cfg.target_class)
 
 
 def read_record(path: str | Path) -> pd.DataFrame:

@@ -1,18 +1,17 @@
-"""The paper's study: what each benchmark notebook runs, and the paper's numbers to compare with.
+"""The paper's study: what each benchmark notebook runs, and what it prints beside the paper.
 
 :func:`default_plan` is the grid each benchmark notebook runs at a profile: the paper's full
-grid (PAPER.md section 1) at ``paper``, Table 3's structure at ``medium``, a smaller one at
-``quick`` (section comments say why); :func:`plan_grid` turns a plan into configurations.
-``PAPER_TABLE3`` and ``PAPER_FIGURE_READINGS`` are the paper's numbers and figures in words;
-:func:`paper_comparison` and :func:`check_findings` set a grid's summaries beside them;
-:func:`write_benchmark_tables` writes a benchmark's tables.
+grid (paper section 6.1) at ``paper``, Table 3's structure at ``medium``, a smaller one at
+``quick`` (section comments say why); :func:`plan_grid` turns a plan into configurations, and
+:func:`capture_config` names the run whose gradients a notebook analyses.
+``PAPER_FIGURE_READINGS`` are the paper's figures in words; :func:`paper_comparison` and
+:func:`check_findings` set a grid's summaries beside the paper's Table 3 and findings;
+:func:`write_benchmark_tables` writes a benchmark's tables. The paper's Table 3 itself, its rows
+and the cells of a grid are :mod:`flhelpers_lab.table3`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,14 +19,16 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from flhelpers.config import LEGACY_VALUES, ConfigError, ExperimentConfig, benchmark_config
+from flhelpers.config import ExperimentConfig, benchmark_config
 from flhelpers.defenses import PAPER_DEFENSES
 from flhelpers.fl.grid import make_grid
 from flhelpers.presets import PAPER_RATIOS
 from flhelpers.results import is_finished, run_dir
 from flhelpers.analysis.capture import capture_folder
 from flhelpers.results.tables import metric_table, paper_order, pair_table, write_table
-
+# TABLE3_BENCHMARKS is imported here for the notebooks too: which Table 3 row a benchmark's comparison uses
+from flhelpers_lab.table3 import (PAPER_TABLE3, RELEASED_LFIGHTER, ROW_TITLES, TABLE3_BENCHMARKS, TABLE3_ROWS,
+                                  cell_mean)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class GridPlan:
 # Quick grids: without attackers only the rules whose clean behaviour the paper discusses. The
 # attacked ratio is the capture ratio (so the gradient analyses reuse a grid run), except on
 # MNIST-iid and MNIST-Mild: their grids attack at 40 % (Table 3's ratio, at which the notebooks
-# check that LFighter holds; issue 28.4) while their captures stay at 30 % (Figs 1 and 4), one
+# check that LFighter holds) while their captures stay at 30 % (Figs 1 and 4), one
 # extra FedAvg run each. MNIST-Mild's FedAvg and median at 40 % are also the Beyond notebook's
 # flip runs, which it reuses.
 _QUICK_PLANS: dict[str, GridPlan] = {
@@ -67,17 +68,7 @@ _QUICK_PLANS: dict[str, GridPlan] = {
 }
 
 
-#: the rules of the journal's Table 3 (PAPER.md section 5), in its column order
-TABLE3_DEFENSES = ("fedavg", "median", "trimmed-mean", "multi-krum", "foolsgold", "lfighter")
-#: the authors' released LFighter (:class:`~flhelpers.defenses.lfighter.LFighterReleased`), shown beside
-#: the paper's text in every LFighter cell: the paper has one LFighter cell, which both are compared with
-RELEASED_LFIGHTER = "lfighter-released"
-#: Table 3's rows as this project draws them: the paper's rules, then the released LFighter
-TABLE3_ROWS = TABLE3_DEFENSES + (RELEASED_LFIGHTER,)
-#: how the two LFighters are named in tables
-ROW_TITLES = {"lfighter": "lfighter (paper's text)", RELEASED_LFIGHTER: "lfighter (released code)"}
-
-# Medium grids: the committed reference results (results/reference/medium, issue 11). The
+# Medium grids: the committed reference results (results/reference/medium). The
 # journal's Table 3 on its three benchmarks (FedAvg without attack, every Table 3 rule at 40 %),
 # and FedAvg, the median and LFighter on MNIST-iid and MNIST-Extreme. CIFAR10-iid has no medium
 # grid (Table 3 uses the Dirichlet split).
@@ -138,26 +129,9 @@ def plan_grid(benchmark: str, profile: str = "quick", defenses: Sequence[str] | 
                      clean_defenses=plan.clean_defenses if defenses is None else None, **overrides)
 
 
-# ------------------------------------------------------------------ the paper's numbers (PAPER.md 5)
+# ------------------------------------------------------------------ the paper's figures, and the comparisons
 
-#: Journal Table 3 of the paper at 40 % attackers: (Src-Acc %, ASR %) per benchmark and defense;
-#: ``fedavg-no-attack`` is FedAvg at 0 %. MNIST there is Dirichlet-split with lr 0.01.
-PAPER_TABLE3: dict[str, dict[str, tuple[float, float]]] = {
-    "mnist": {"fedavg-no-attack": (94.84, 0.49), "fedavg": (83.66, 9.44), "median": (81.13, 7.68),
-              "trimmed-mean": (80.74, 7.98), "multi-krum": (91.44, 1.56), "foolsgold": (0.00, 88.52),
-              "lfighter": (93.68, 0.68)},
-    "cifar10": {"fedavg-no-attack": (65.48, 14.90), "fedavg": (24.22, 52.93), "median": (23.53, 53.74),
-                "trimmed-mean": (21.62, 55.61), "multi-krum": (11.05, 71.62), "foolsgold": (29.92, 46.00),
-                "lfighter": (56.98, 12.10)},
-    "imdb": {"fedavg-no-attack": (86.03, 13.97), "fedavg": (12.43, 87.57), "median": (18.87, 81.13),
-             "trimmed-mean": (17.84, 82.16), "multi-krum": (0.00, 100.00), "foolsgold": (85.75, 14.25),
-             "lfighter": (85.44, 14.56)},
-}
-for _row in PAPER_TABLE3.values():
-    _row[RELEASED_LFIGHTER] = _row["lfighter"]
-#: the benchmark each journal Table 3 row was measured on (its MNIST and CIFAR10 rows used a Dirichlet split)
-TABLE3_BENCHMARKS: dict[str, str] = {"mnist-mild": "mnist", "cifar10-mild": "cifar10", "imdb": "imdb"}
-#: what the paper's figures show across 0-50 % attackers (PAPER.md section 5, paper section 6.2)
+#: what the paper's figures show across 0-50 % attackers (paper section 6.2)
 PAPER_FIGURE_READINGS: dict[str, str] = {
     "mnist-iid": "every defense but FoolsGold holds up to 40 % attackers (FedAvg included); at 50 % only "
                  "Multi-Krum and LFighter hold; FoolsGold's Src-Acc plummets and its ASR nears 100 % as soon "
@@ -214,62 +188,6 @@ def scale_note(summaries: pd.DataFrame, benchmark: str, profile: str) -> str:
             f"images ResNet18 barely leaves its random start{acc}, so the source class is hardly learnt and "
             f"LFighter's and FedAvg's Src-Acc differ by noise. The finding is shown at `profile=\"medium\"` "
             f"(the paper's structure, 25 rounds), drawn from the committed runs.")
-
-
-def select_cell(summaries: pd.DataFrame, benchmark: str, defense: str, ratio: float) -> pd.DataFrame:
-    """The runs of one grid cell (benchmark, defense, attacker ratio); empty when there are none.
-
-    A cell's runs are averaged as seeds (:func:`cell_mean`), so they must be seeds of one
-    configuration: runs whose configs differ in any field but ``seed`` (``defense_kwargs``,
-    ``rounds``, the attack, ``drop_last``, ...) raise a :class:`~flhelpers.config.ConfigError`
-    that names the fields, their values and run ids, and the fix. A field that a run's stored
-    config lacks (``NaN`` in the table: the run was computed before the field existed) is read
-    at its :data:`~flhelpers.config.LEGACY_VALUES` value, the behaviour it had then. A field the
-    table lacks altogether (a hand-made table of summaries) cannot be compared and is not.
-    """
-    if not len(summaries):
-        return summaries
-    sel = summaries[(summaries["benchmark"] == benchmark) & (summaries["defense"] == defense)
-                    & np.isclose(summaries["attacker_ratio"].astype(float), ratio)]
-    differing: list[str] = []
-    for name in (f.name for f in dataclasses.fields(ExperimentConfig)):
-        if name == "seed" or name not in sel.columns or len(sel) < 2:
-            continue
-        values = [_config_value(name, v) for v in sel[name]]
-        if len(set(values)) > 1:
-            ids = sel["run_id"].tolist() if "run_id" in sel.columns else [str(i) for i in sel.index]
-            shown = ", ".join(f"{v!r} in {rid}" for v, rid in zip(values, ids))
-            differing.append(f"{name} ({shown})")
-    if differing:
-        raise ConfigError(
-            f"The {len(sel)} runs of cell ({benchmark}, {defense}, {ratio:.0%}) differ in more than the seed: "
-            f"{'; '.join(differing)}. A cell's runs are averaged as seeds of one configuration; keep one "
-            f"configuration per cell in the results store (move the others to another --results-dir) or "
-            f"select the runs before, e.g. summaries[summaries[{differing[0].split(' ')[0]!r}] == value].")
-    return sel
-
-
-def _config_value(name: str, value: Any) -> Any:
-    """A config column's value, comparable across runs: a missing value (a run stored before the
-    field existed) is the field's legacy value, numbers compare as floats, dicts as sorted JSON."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        legacy = LEGACY_VALUES.get(name)
-        return None if legacy is None else _config_value(name, legacy)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
-    return value
-
-
-def cell_mean(summaries: pd.DataFrame, benchmark: str, defense: str, ratio: float, metric: str) -> float:
-    """The mean of ``metric`` over the runs of one grid cell (e.g. over seeds); NaN without runs."""
-    sel = select_cell(summaries, benchmark, defense, ratio)
-    return float(pd.to_numeric(sel[metric], errors="coerce").mean()) if len(sel) else float("nan")
 
 
 def check_findings(summaries: pd.DataFrame, margin: float = 0.10) -> pd.DataFrame:
@@ -421,6 +339,6 @@ def write_benchmark_tables(summaries: pd.DataFrame, results_dir: str | Path, ben
     return tables
 
 
-__all__ = ["GridPlan", "PAPER_FIGURE_READINGS", "PAPER_RATIOS", "PAPER_TABLE3", "TABLE3_BENCHMARKS",
-           "TABLE3_DEFENSES", "TABLE3_ROWS", "scale_note", "RELEASED_LFIGHTER", "ROW_TITLES", "capture_config", "capture_configs", "capture_ratio", "check_findings", "default_plan", "has_plan",
-           "plan_grid", "notebook_plan", "paper_comparison", "plan_table", "stability_ratio", "write_benchmark_tables"]
+__all__ = ["GridPlan", "PAPER_FIGURE_READINGS", "PAPER_RATIOS", "TABLE3_BENCHMARKS", "capture_config",
+           "capture_configs", "capture_ratio", "check_findings", "default_plan", "has_plan", "notebook_plan",
+           "paper_comparison", "plan_grid", "plan_table", "scale_note", "stability_ratio", "write_benchmark_tables"]

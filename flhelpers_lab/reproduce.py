@@ -13,7 +13,7 @@ themselves (``<results_dir>/figures``, ``<results_dir>/tables``). Finished runs 
 a second call only re-draws.
 
 At ``medium`` the results store defaults to ``results/medium``, which is first seeded with the
-committed reference runs of ``results/reference/medium`` (:func:`flhelpers_lab.reference.results_store`):
+committed reference runs of ``results/reference/medium`` (:func:`flhelpers_lab.store.results_store`):
 the three benchmark notebooks read every run back instead of computing it, and ``table3.csv`` /
 ``table3.md`` are written beside them. A run the committed store does not have yet (a row still
 being computed) is listed and left out (``only_finished``), since computing it takes hours:
@@ -28,8 +28,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
@@ -144,7 +145,7 @@ def notebook_parameters(profile: str, results: Path, data_root: str | Path | Non
     """The parameters papermill injects: ``profile``, ``results_dir``, ``device``, ``data_root``
     unless it comes from ``$FLHELPERS_DATA`` (the kernel inherits the variable), ``force`` when
     set, then ``parameters``. Paths inside the repository are relative to ``kernel_cwd``."""
-    from flhelpers_lab.reference import repository_root
+    from flhelpers_lab.store import repository_root
 
     repo = repository_root()
     params: dict[str, Any] = {"profile": profile, "results_dir": notebook_path(results, kernel_cwd, repo),
@@ -176,6 +177,23 @@ def write_timings(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
+@contextmanager
+def inline_figures() -> Iterator[None]:
+    """Let the notebooks' kernels embed their figures.
+
+    A kernel inherits this process's environment; ``MPLBACKEND=Agg`` (set by CI and by headless
+    shells) makes matplotlib draw nowhere, so the executed notebooks kept ``<Figure size ...>``
+    text instead of the images. Inside this block ``MPLBACKEND`` is unset (the kernel then uses
+    its inline backend); the old value is restored on leaving.
+    """
+    old = os.environ.pop("MPLBACKEND", None)
+    try:
+        yield
+    finally:
+        if old is not None:
+            os.environ["MPLBACKEND"] = old
+
+
 def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
               results_dir: str | Path | None = None, data_root: str | Path | None = None, device: str = "cpu",
               parameters: dict[str, Any] | None = None, log_output: bool = False, force: bool = False,
@@ -188,7 +206,7 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
         notebooks: names among ``MNIST``, ``CIFAR10``, ``IMDB``, ``Related``, ``Privacy``, ``Beyond``
             (default all six; at ``medium`` the three benchmark notebooks).
         results_dir: the results store; executed notebooks go to ``<results_dir>/notebooks``
-            (default :func:`flhelpers_lab.reference.default_results_dir`: ``results``, or
+            (default :func:`flhelpers_lab.store.default_results_dir`: ``results``, or
             ``results/medium`` at ``medium``). At ``medium`` it is first seeded with the committed
             runs it lacks.
         data_root: the data root (default ``$FLHELPERS_DATA``, which the kernel inherits, else
@@ -209,7 +227,8 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
             ``refresh_reference`` with ``results_dir`` or at a profile without committed results,
             or ``compute_missing`` away from ``medium`` or with ``only_finished``.
     """
-    from flhelpers_lab.reference import REFERENCE_PROFILES, reference_dir, results_store, write_table3
+    from flhelpers_lab.store import REFERENCE_PROFILES, reference_dir, results_store
+    from flhelpers_lab.table3 import write_table3
 
     import papermill as pm
 
@@ -242,21 +261,22 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
     params = notebook_parameters(profile, results, data_root, device, notebooks_dir(), force, parameters)
     kernel, manager = ensure_kernel(), kernel_manager_class()
     rows, failed = [], []
-    for src in sources:
-        target = out_dir / src.name
-        print(f"[reproduce] {src.stem} ({profile} profile) -> {target}", flush=True)
-        t0 = time.perf_counter()
-        status = "ok"
-        try:
-            pm.execute_notebook(str(src), str(target), parameters=params, kernel_name=kernel,
-                                cwd=str(src.parent), progress_bar=False, log_output=log_output,
-                                **({"kernel_manager_class": manager} if manager else {}))
-        except pm.PapermillExecutionError as exc:
-            status = f"failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
-            failed.append(src.stem)
-        seconds = time.perf_counter() - t0
-        print(f"[reproduce] {src.stem}: {status} ({seconds / 60:.1f} min)", flush=True)
-        rows.append({"notebook": src.stem, "profile": profile, "seconds": round(seconds, 1), "status": status})
+    with inline_figures():  # the kernels embed their figures
+        for src in sources:
+            target = out_dir / src.name
+            print(f"[reproduce] {src.stem} ({profile} profile) -> {target}", flush=True)
+            t0 = time.perf_counter()
+            status = "ok"
+            try:
+                pm.execute_notebook(str(src), str(target), parameters=params, kernel_name=kernel,
+                                    cwd=str(src.parent), progress_bar=False, log_output=log_output,
+                                    **({"kernel_manager_class": manager} if manager else {}))
+            except pm.PapermillExecutionError as exc:
+                status = f"failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+                failed.append(src.stem)
+            seconds = time.perf_counter() - t0
+            print(f"[reproduce] {src.stem}: {status} ({seconds / 60:.1f} min)", flush=True)
+            rows.append({"notebook": src.stem, "profile": profile, "seconds": round(seconds, 1), "status": status})
     write_timings(out_dir / "timings.csv", pd.DataFrame(rows))
     if profile == "medium":
         write_table3(results, profile)

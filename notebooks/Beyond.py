@@ -60,7 +60,7 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm falls b
 from flhelpers_lab.plots.beyond import plot_attack_heatmap, plot_camouflage_curve, plot_lfighter_detection
 from flhelpers.plots.style import show
 from flhelpers_lab import beyond
-from flhelpers_lab.reference import default_results_dir
+from flhelpers_lab.store import default_results_dir
 from flhelpers.results.tables import write_table
 
 results_dir = str(results_dir or default_results_dir(profile))
@@ -157,8 +157,8 @@ if len(rows):
 # A rule whose per-round detection alternates: rounds in which it rejects at least 90 % of the attackers, and
 # rounds in which it keeps at least 90 % of them (and rejects honest peers instead). Its last-10 mean then
 # averages a clean and a poisoned model. Counted from round 5 (or the attack's start), from each run's
-# `metrics.csv`; `flame-swing/summary.md` (`tools/flame_swing_study.py`) measures the update geometry behind
-# FLAME's swing under the flip.
+# `metrics.csv`; `flame-swing/summary.md` (`python -m flhelpers_lab study flame-swing`) measures the update
+# geometry behind FLAME's swing under the flip.
 
 # %%
 if len(rows):

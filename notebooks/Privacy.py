@@ -52,7 +52,7 @@ from flhelpers.privacy import SmallConvNet
 from flhelpers_lab.plots.privacy import plot_accuracy_vs_epsilon, plot_reconstruction_grid
 from flhelpers_lab.privacy import dp_accuracy_study, privacy_profile, run_inversion_study
 from flhelpers.results.tables import write_table
-from flhelpers_lab.reference import results_store
+from flhelpers_lab.store import results_store
 
 torch.set_num_threads(threads)
 P = privacy_profile(profile)

@@ -53,7 +53,7 @@ import flhelpers  # noqa: F401  (registers every attack and rule: gaussian-noise
 from flhelpers.plots import save_figure
 from flhelpers_lab.plots.related import plot_elimination_detection, plot_elimination_effect, plot_ffl, plot_krum_ipm
 from flhelpers_lab import related as study
-from flhelpers_lab.reference import results_store
+from flhelpers_lab.store import results_store
 
 if torch_threads:
     torch.set_num_threads(int(torch_threads))

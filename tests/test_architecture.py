@@ -131,9 +131,9 @@ def test_the_checker_sees_an_upward_import(tmp_path):
 def test_the_checker_sees_a_lazy_import_of_the_lab(tmp_path):
     path = tmp_path / "x.py"
     path.write_text("import importlib\ndef f():\n    from flhelpers_lab.paper import plan_grid\n"
-                    "    return importlib.import_module('flhelpers_lab.reference')\n")
+                    "    return importlib.import_module('flhelpers_lab.table3')\n")
     found = [t for _, t in imported_modules(path, set())]
-    assert found == ["flhelpers_lab.paper", "flhelpers_lab.reference"]
+    assert found == ["flhelpers_lab.paper", "flhelpers_lab.table3"]
     assert all(layer_of(t) > layer_of("flhelpers.cli") for t in found)
 
 

@@ -249,30 +249,38 @@ def _files(folder) -> dict[str, bytes]:
 
 
 def test_a_finished_lfighter_run_gets_its_record_without_its_files_being_rewritten(tmp_path, data_root):
+    import json
+
     from flhelpers.fl.engine import run_experiment
-    from flhelpers.results import run_dir
+    from flhelpers.results import METRICS_DIGEST, run_dir, sha256_text
     from flhelpers_lab.lfighter_record import read_record
 
     cfg = _tiny_lfighter()
     run_experiment(cfg, data_root=data_root, results_dir=tmp_path, progress=False)
     folder = run_dir(tmp_path, cfg.run_id())
     before = _files(folder)
-    assert beyond._needs_computing(cfg, tmp_path, force=False)  # finished, but no record
-    beyond._compute(cfg, str(data_root), str(tmp_path), threads=1)
+    assert beyond.RECORDER.needs_computing(cfg, tmp_path)  # finished, but no record
+    rows = beyond.run_beyond([beyond.PlannedRun("flip", cfg)], data_root, tmp_path, workers=1)
+    assert list(rows["key"]) == ["flip"] and not rows["reused"].any()  # computed again, for its record
     assert _files(folder) == before  # the finished run is read, never rewritten
     record = read_record(beyond.record_path(tmp_path, cfg))
     assert list(record["round"]) == [0, 1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records", "runs"]  # no temporary folder left
-    assert not beyond._needs_computing(cfg, tmp_path, force=False)
-    # a stored metrics.csv the recomputation does not reproduce keeps no record, and stays as it was
+    assert not beyond.RECORDER.needs_computing(cfg, tmp_path)
+    assert beyond.run_beyond([beyond.PlannedRun("flip", cfg)], data_root, tmp_path, workers=1)["reused"].all()
+    # a stored metrics.csv the recomputation does not reproduce (another CPU: its digest in the summary
+    # is its own) keeps no record, and stays as it was
     beyond.record_path(tmp_path, cfg).unlink()
     metrics = folder / "metrics.csv"
     changed = pd.read_csv(metrics)
     changed.loc[1, "accuracy"] += 0.01
     changed.to_csv(metrics, index=False)
+    summary = json.loads((folder / "summary.json").read_text())
+    summary[METRICS_DIGEST] = sha256_text(metrics.read_text())
+    (folder / "summary.json").write_text(json.dumps(summary))
     edited = _files(folder)
     with pytest.warns(UserWarning, match="differs from the stored metrics.csv"):
-        beyond._compute(cfg, str(data_root), str(tmp_path), threads=1)
+        beyond.run_beyond([beyond.PlannedRun("flip", cfg)], data_root, tmp_path, workers=1)
     assert not beyond.record_path(tmp_path, cfg).exists() and _files(folder) == edited
 
 
@@ -285,8 +293,9 @@ def test_a_resumed_lfighter_run_keeps_the_record_of_its_first_rounds(tmp_path, d
     run_experiment(cfg, data_root=data_root, results_dir=tmp_path, progress=False, stop_after=1,
                    on_round=LFighterRecorder(path, cfg.source_class, cfg.target_class))
     assert list(read_record(path)["round"]) == [0]
-    beyond._compute(cfg, str(data_root), str(tmp_path), threads=1)  # resumes at round 1
+    beyond.run_beyond([beyond.PlannedRun("flip", cfg)], data_root, tmp_path, workers=1)  # resumes at round 1
     whole = tmp_path / "whole"
     run_experiment(cfg, data_root=data_root, results_dir=whole, progress=False,
                    on_round=LFighterRecorder(beyond.record_path(whole, cfg), cfg.source_class, cfg.target_class))
     pd.testing.assert_frame_equal(read_record(path), read_record(beyond.record_path(whole, cfg)))
+    assert path.read_bytes() == beyond.record_path(whole, cfg).read_bytes()  # round 1 appended once

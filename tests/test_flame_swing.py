@@ -66,14 +66,9 @@ def test_recorder_splits_the_honest_peers_by_their_source_share(tmp_path):
     assert isinstance(frame, pd.DataFrame)
 
 
-def _tool():
-    from scripts import load_tool
+def test_the_study_sorts_rounds_and_writes_what_they_show():
+    from flhelpers_lab.investigations import flame_swing as tool
 
-    return load_tool("flame_swing_study")
-
-
-def test_the_study_tool_sorts_rounds_and_writes_what_they_show():
-    tool = _tool()
     assert tool.flame_flip_config().defense == "flame" and tool.flame_flip_config().attacker_ratio == 0.4
     counts = [dict(tp=10, fn=0), dict(tp=0, fn=10), dict(tp=5, fn=5), dict(tp=0, fn=0)]
     assert [tool.kind(pd.Series(c)) for c in counts] == ["caught", "let in", "mixed", "mixed"]

@@ -14,11 +14,11 @@ import torch
 
 from flhelpers.config import benchmark_config
 from flhelpers.defenses.base import AggregationResult
-from flhelpers.fl.engine import run_experiment
 from flhelpers.results import run_dir
+from flhelpers.fl.grid import run_grid
 from flhelpers_lab.investigations.foolsgold_trap import (ARXIV_SETTING, SWEEP_DEFENSES, SWEEP_K, WeightShareRecorder,
-                                              read_shares, share_path, source_holders, study_configs,
-                                              trap_rounds, trap_summary)
+                                                         WeightShares, copy_reference_runs, read_shares, share_path,
+                                                         source_holders, study_configs, trap_rounds, trap_summary)
 
 
 def test_source_holders_by_hand() -> None:
@@ -104,12 +104,10 @@ def test_study_plan() -> None:
 
 
 def test_poisoned_start_run_records_every_round(data_root, tmp_path) -> None:
-    torch.set_num_threads(1)
     cfg = benchmark_config("mnist-mild", "quick", defense="foolsgold", attacker_ratio=0.4, rounds=3,
                            num_peers=5, train_subset=600, test_subset=200, poisoned_rounds=2)
     rid = cfg.run_id()
-    rec = WeightShareRecorder(share_path(tmp_path, rid), run_dir(tmp_path, rid) / "config.json", cfg.source_class)
-    run_experiment(cfg, data_root=data_root, results_dir=tmp_path, progress=False, on_round=rec)
+    run_grid([cfg], data_root, tmp_path, progress=False, recorder=WeightShares())  # the study's own path
     shares = read_shares(share_path(tmp_path, rid))
     assert shares["round"].tolist() == [0, 1, 2]
     assert shares["poisoned"].tolist() == [True, True, False] and shares["known"].all()
@@ -120,6 +118,21 @@ def test_poisoned_start_run_records_every_round(data_root, tmp_path) -> None:
     assert len(rounds) == 3 and rounds["share_attackers"].notna().all()
     summary = trap_summary(rounds, last=2)
     assert summary["poisoned_rounds"].tolist() == [2] and summary["rounds"].tolist() == [3]
+
+
+def test_k0_fedavg_and_lfighter_runs_are_copied_from_the_reference_store(tmp_path) -> None:
+    configs = [c for c in study_configs() if c.poisoned_rounds == 0 and c.benchmark == "mnist-mild"]
+    ref, out = tmp_path / "reference", tmp_path / "out"
+    for cfg in configs:
+        folder = run_dir(ref, cfg.run_id())
+        folder.mkdir(parents=True)
+        for name in ("config.json", "metrics.csv", "summary.json"):
+            (folder / name).write_text(name)
+    copied = copy_reference_runs(configs, out, ref)
+    assert sorted(copied) == sorted(c.run_id() for c in configs if c.defense != "foolsgold" and not c.local_epochs > 1)
+    assert not WeightShares().needs_computing(configs[1], out)  # copied without a record: read back as it is
+    assert (run_dir(out, copied[0]) / "metrics.csv").read_text() == "metrics.csv"
+    assert copy_reference_runs(configs, out, ref) == []
 
 
 def test_figures_draw_one_column_per_run() -> None:

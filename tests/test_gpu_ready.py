@@ -37,7 +37,7 @@ from flhelpers.privacy.inversion import recover_labels
 from flhelpers_lab.related import light_record
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tools" / "gpu_paper_cifar.py"
+MODULE = "flhelpers_lab.investigations.gpu_paper_cifar"
 TINY = benchmark_config("mnist-iid", "quick", num_peers=5, rounds=2, train_subset=500, test_subset=200)
 
 
@@ -354,9 +354,9 @@ def test_a_related_study_record_keeps_no_update_matrix_nor_model():
 
 
 def _script():
-    from scripts import load_tool
+    from flhelpers_lab.investigations import gpu_paper_cifar
 
-    return load_tool("gpu_paper_cifar")
+    return gpu_paper_cifar
 
 
 def test_lfighter_variants_mode_runs_both_variants_at_three_local_epochs():
@@ -397,7 +397,7 @@ def test_a_failed_vectorized_check_falls_back_to_sequential(data_root, tmp_path,
 def test_tiny_lfighter_variants_mode_writes_every_round_and_says_its_plan_first(data_root, tmp_path):
     out, store = tmp_path / "out", tmp_path / "store"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--mode", "lfighter-variants", "--device", "cpu",
+    proc = subprocess.run([sys.executable, "-m", MODULE, "--tiny", "--mode", "lfighter-variants", "--device", "cpu",
                            "--budget-s", "3000", "--out", str(out), "--store", str(store), "--data-root",
                            str(data_root)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=True)
     first = proc.stdout.splitlines()[0]

@@ -1,5 +1,5 @@
-"""The prepared GPU script (tools/gpu_paper_cifar.py) at a CPU-sized run, so a lent GPU's minutes
-are not spent debugging it (issue 18, section 3)."""
+"""The prepared GPU module (flhelpers_lab.investigations.gpu_paper_cifar) at a CPU-sized run, so
+a lent GPU's minutes are not spent debugging it (issue 18, section 3)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tools" / "gpu_paper_cifar.py"
+MODULE = "flhelpers_lab.investigations.gpu_paper_cifar"
 
 
 def _run(*args: str, data_root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", MODULE, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=900, check=True)
 
 

@@ -17,16 +17,15 @@ from flhelpers_lab.paper import (
     PAPER_RATIOS,
     capture_config,
     capture_ratio,
-    cell_mean,
     check_findings,
     default_plan,
     plan_grid,
     paper_comparison,
     plan_table,
-    select_cell,
     stability_ratio,
     write_benchmark_tables,
 )
+from flhelpers_lab.table3 import cell_mean, select_cell
 from flhelpers.results.tables import metric_table, to_markdown, write_table
 
 TINY = dict(rounds=2, num_peers=5, train_subset=1000, test_subset=500)

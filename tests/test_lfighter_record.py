@@ -115,3 +115,21 @@ def test_extreme_round_records_whom_the_attackers_were_clustered_with():
     # Procedure 1's info has no clusters of Procedure 2: the columns stay empty
     mild = record_row(rows, accepted, attackers, np.arange(6), {"cluster_sizes": [4, 2]}, 7, 1, 0)
     assert mild["cluster_sizes"] == "4 2" and mild["clusters"] == "" and mild["attacker_company"] == ""
+
+
+def test_the_grids_recorder_names_each_lfighter_runs_record(tmp_path):
+    from flhelpers.config import benchmark_config
+    from flhelpers_lab.lfighter_record import LFighterRecords, record_path
+
+    lf = benchmark_config("mnist-iid", "quick", defense="lfighter", attacker_ratio=0.4)
+    fedavg = lf.replace(defense="fedavg")
+    released = lf.replace(defense="lfighter-released")
+    paper_only, both = LFighterRecords(), LFighterRecords(("lfighter", "lfighter-released"), recompute_missing=False)
+    assert paper_only.outputs(lf) == (f"records/{lf.run_id()}.csv",) and paper_only.outputs(fedavg) == ()
+    assert paper_only.outputs(released) == () and both.outputs(released) == (f"records/{released.run_id()}.csv",)
+    assert paper_only.start(fedavg, tmp_path) is None
+    assert paper_only.needs_computing(lf, tmp_path) and not both.needs_computing(lf, tmp_path)
+    assert not paper_only.needs_computing(fedavg, tmp_path) and not paper_only.whole_run(lf)
+    record_path(tmp_path, lf.run_id()).parent.mkdir()
+    record_path(tmp_path, lf.run_id()).write_text("round\n0\n")
+    assert not paper_only.needs_computing(lf, tmp_path)

@@ -251,7 +251,7 @@ def test_lfighter_released_is_a_registered_rule_of_its_own() -> None:
 def test_the_variants_table_puts_both_lfighters_and_their_cost_at_zero_side_by_side() -> None:
     import pandas as pd
 
-    from flhelpers_lab.reference import lfighter_variants
+    from flhelpers_lab.table3 import lfighter_variants
 
     def row(d: str, r: float, src: float, fpr: float) -> dict:
         return {"benchmark": "imdb", "defense": d, "attacker_ratio": r, "seed": 0, "source_accuracy": src,

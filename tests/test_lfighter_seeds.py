@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from flhelpers_lab.lfighter_record import COLUMNS, record_path
-from flhelpers_lab.investigations.lfighter_seeds import (MISS_KINDS, SEEDS, miss_kind, study_configs, study_rounds,
-                                              study_summary)
+from flhelpers_lab.investigations.lfighter_seeds import (MISS_KINDS, SEEDS, copy_reference_runs, miss_kind,
+                                                         study_configs, study_rounds, study_summary)
 
 SRC, TGT = 7, 1
 
@@ -72,3 +72,17 @@ def test_study_rounds_and_summary_on_a_small_store(tmp_path: Path) -> None:
     assert s.loc["paper", "missed_with_source"] == 1 and s.loc["paper", "missed_with_many"] == 1
     assert s.loc["paper", "tpr"] == pytest.approx(62.5) and s.loc["paper", "src_acc"] == pytest.approx(65.0)
     assert s.loc["split", "missed_rounds"] == 0 and all(s.loc["split", f"missed_with_{k}"] == 0 for k in MISS_KINDS)
+
+
+def test_reference_runs_with_a_record_are_copied_and_the_papers_own_runs_are_not_computed_here(tmp_path, capsys):
+    paper0, split0, paper1, split1 = study_configs(seeds=(0, 1))
+    ref, out = tmp_path / "reference", tmp_path / "out"
+    _write_run(ref, paper0, [0.5, 0.6], [1.0, 1.0], ["", ""])
+    todo = copy_reference_runs([paper0, split0, paper1, split1], out, ref)
+    assert todo == [paper0, split0, split1]  # seed 1's paper run is the reference store's to compute
+    assert "not in" in capsys.readouterr().out
+    for name in ("metrics.csv", "config.json", "summary.json"):
+        copied, original = out / "runs" / paper0.run_id() / name, ref / "runs" / paper0.run_id() / name
+        assert copied.read_bytes() == original.read_bytes()
+    assert record_path(out, paper0.run_id()).read_bytes() == record_path(ref, paper0.run_id()).read_bytes()
+    assert copy_reference_runs([paper0], out, ref) == [paper0]  # finished in out: read back, not copied again

@@ -47,7 +47,7 @@ def test_the_committed_findings_page_is_current() -> None:
     from pathlib import Path
 
     from flhelpers_lab.investigations.lfighter_variants import docs_markdown
-    from flhelpers_lab.reference import reference_dir
+    from flhelpers_lab.store import reference_dir
 
     root = Path(__file__).resolve().parents[1]
     assert (root / "docs" / "findings" / "cifar10-mild.md").read_text() == docs_markdown(reference_dir("medium")), (

@@ -9,7 +9,7 @@ import jupytext
 import pytest
 
 from flhelpers_lab.reproduce import ALL_NOTEBOOKS, notebooks_dir
-from flhelpers_lab.reference import default_results_dir, repository_root
+from flhelpers_lab.store import default_results_dir, repository_root
 
 
 def _setup_namespace(name: str) -> dict:
@@ -38,7 +38,7 @@ def test_notebook_writes_into_the_repository_results_from_notebooks_folder(name:
 
 def test_default_results_dirs_are_absolute_and_in_the_repository(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from flhelpers_lab.reference import results_root
+    from flhelpers_lab.store import results_root
 
     monkeypatch.chdir(tmp_path)
     assert results_root() == repository_root() / "results"

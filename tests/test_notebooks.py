@@ -87,6 +87,21 @@ def test_plain_papermill_runs_a_notebook_with_our_kernelspec(tmp_path):
     assert out.cells[0].outputs[0]["text"].strip() == "flhelpers"
 
 
+def test_inline_figures_hides_a_headless_backend_from_the_kernels(monkeypatch):
+    import os
+
+    from flhelpers_lab.reproduce import inline_figures
+
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    with inline_figures():
+        assert "MPLBACKEND" not in os.environ
+    assert os.environ["MPLBACKEND"] == "Agg"
+    monkeypatch.delenv("MPLBACKEND")
+    with inline_figures():
+        pass
+    assert "MPLBACKEND" not in os.environ
+
+
 def test_reproduce_starts_the_kernel_without_the_plain_tcp_warning(tmp_path, capfd):
     """ipykernel warns "Kernel is running over TCP without encryption" at every kernel start
     unless the manager provisions CurveZMQ keys; reproduce's manager does, and the cell runs."""
@@ -115,6 +130,9 @@ def test_notebook_executes_and_writes_its_outputs(name, data_root, tmp_path):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert errors == []
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert images, "the executed notebook embeds no figure (MPLBACKEND=Agg reached the kernel?)"
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and f"rounds = {params['rounds']}" in injected[0].source
     benchmarks = params.get("benchmarks") or {"CIFAR10": ["cifar10-iid", "cifar10-mild"], "IMDB": ["imdb"]}[name]

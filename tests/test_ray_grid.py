@@ -136,6 +136,66 @@ def test_only_the_missing_runs_are_computed(local_ray, local_runs, data_root, tm
     _assert_same_runs(ref_dir, tmp_path, rows["run_id"])
 
 
+def _record_bytes(store: Path, recorder, configs) -> dict[str, bytes]:
+    """Every file of the records of ``configs`` in ``store``, by path relative to it."""
+    out = {}
+    for cfg in configs:
+        for rel in recorder.outputs(cfg):
+            path = store / rel
+            for f in (sorted(path.rglob("*")) if path.is_dir() else [path]):
+                out[f.relative_to(store).as_posix()] = f.read_bytes()
+    return out
+
+
+def test_ray_grid_records_runs_as_the_local_executor_does(local_ray, data_root, tmp_path):
+    """A recorder on Ray: FedAvg's gradient capture (a whole-run record) and LFighter's per-round
+    record come back with the runs, byte for byte the local executor's; a finished run whose record
+    is missing is computed again for it, and only the record is written."""
+    from flhelpers_lab.beyond import RECORDER
+    from flhelpers_lab.compute import ReferenceRecorder
+
+    configs = [c for c in _grid() if c.attacker_ratio == 0.4]  # FedAvg, LFighter
+    recorder = ReferenceRecorder(frozenset({configs[0].run_id()}))
+    local = run_grid(configs, data_root, tmp_path / "local", progress=False, threads=1, recorder=recorder)
+    rows = run_grid(configs, data_root, tmp_path / "ray", progress=False, executor="ray", threads=1,
+                    recorder=recorder)
+    assert not rows["reused"].any()
+    pd.testing.assert_frame_equal(_numbers(rows), _numbers(local))
+    _assert_same_runs(tmp_path / "local", tmp_path / "ray", rows["run_id"])
+    records = _record_bytes(tmp_path / "local", recorder, configs)
+    assert {k.split("/")[0] for k in records} == {"captures", "records"} and len(records) >= 4
+    assert _record_bytes(tmp_path / "ray", recorder, configs) == records
+    lfighter = configs[1].run_id()
+    (tmp_path / "ray" / "records" / f"{lfighter}.csv").unlink()
+    before = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in run_dir(tmp_path / "ray", lfighter).iterdir()}
+    again = run_grid(configs, data_root, tmp_path / "ray", progress=False, executor="ray", threads=1,
+                     recorder=RECORDER)
+    assert list(again["reused"]) == [True, False]
+    assert _record_bytes(tmp_path / "ray", recorder, configs) == records
+    after = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in run_dir(tmp_path / "ray", lfighter).iterdir()}
+    assert after == before  # the finished run's files untouched
+    # an interrupted run resumes on Ray with the record of its first round, which travels with its checkpoint
+    import torch
+
+    from flhelpers.fl.engine import run_experiment
+    from flhelpers_lab.lfighter_record import LFighterRecorder, record_path
+
+    part = tmp_path / "part"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_experiment(configs[1], data_root=data_root, results_dir=part, progress=False, stop_after=1,
+                       on_round=LFighterRecorder(record_path(part, lfighter), 7, 1))
+    finally:
+        torch.set_num_threads(threads)
+    header, first = record_path(part, lfighter).read_text().splitlines()  # round 0
+    record_path(part, lfighter).write_text(f"{header}\n{first},seeded\n")  # marks the row that must travel
+    resumed = run_grid(configs[1:], data_root, part, progress=False, executor="ray", threads=1, recorder=RECORDER)
+    assert not resumed["reused"].any()
+    whole = records[f"records/{lfighter}.csv"].decode().splitlines()
+    assert record_path(part, lfighter).read_text().splitlines() == [header, f"{first},seeded", whole[2]]
+
+
 def _task_workers(run_id: str) -> list[psutil.Process]:
     """This process's Ray workers executing the task of ``run_id`` (their title names the task)."""
     found = []

@@ -15,12 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import flhelpers_lab.reference as reference
+import flhelpers_lab.store as lab_store
 from flhelpers_lab.cli import main
 from flhelpers_lab.reproduce import NOTEBOOKS
+from flhelpers_lab.findings import FINDINGS_DIR
 from flhelpers.results import is_finished
 
-REFERENCE = reference.reference_dir("medium")
+REFERENCE = lab_store.reference_dir("medium")
 
 
 def _copy_store(target: Path) -> Path:
@@ -37,11 +38,13 @@ def _state(folder: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture()
 def fake_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A repository root whose ``results/reference/medium`` is a copy of the committed store."""
+    """A repository root whose ``results/reference/medium`` is a copy of the committed store, with
+    the findings pages (Table 3's written reasons among them)."""
     root = tmp_path / "repo"
     _copy_store(root / "results" / "reference" / "medium")
+    shutil.copytree(lab_store.repository_root() / FINDINGS_DIR, root / FINDINGS_DIR)
     (root / "pyproject.toml").write_text("[project]\nname = 'flhelpers'\n")
-    monkeypatch.setattr(reference, "repository_root", lambda: root)
+    monkeypatch.setattr(lab_store, "repository_root", lambda: root)
     return root
 
 

@@ -1,35 +1,40 @@
-"""Rényi-DP accountant of the subsampled Gaussian mechanism (the privacy of DP-FedAvg).
+r"""Rényi-DP accountant of the subsampled Gaussian mechanism (the privacy of DP-FedAvg).
 
 One round of DP-FedAvg (McMahan et al. 2018) is the *sampled Gaussian mechanism* (SGM):
-each peer takes part with probability ``q``, its update is clipped to L2 norm ``C`` and
-Gaussian noise of standard deviation ``z * C`` is added to the sum (``z`` = noise multiplier).
+each peer takes part with probability $q$, its update is clipped to L2 norm $C$ and
+Gaussian noise of standard deviation $z C$ is added to the sum ($z$ = noise multiplier).
 
-RDP of one SGM step at order ``alpha`` (Mironov, Talwar and Zhang 2019, "Rényi Differential
-Privacy of the Sampled Gaussian Mechanism", section 3.3)::
+RDP of one SGM step at order $\alpha$ (Mironov, Talwar and Zhang 2019, "Rényi Differential
+Privacy of the Sampled Gaussian Mechanism", section 3.3):
 
-    eps_RDP(alpha) = log(A_alpha) / (alpha - 1),
-    A_alpha = E_{x ~ N(0, z^2)} [ ((1 - q) + q * exp((2x - 1) / (2 z^2)))^alpha ]
+$$
+\varepsilon_{\mathrm{RDP}}(\alpha) = \frac{\log A_\alpha}{\alpha - 1}, \qquad
+A_\alpha = \mathbb{E}_{x \sim \mathcal{N}(0, z^2)}
+\Bigl[\Bigl((1 - q) + q \exp\Bigl(\frac{2x - 1}{2 z^2}\Bigr)\Bigr)^\alpha\Bigr]
+$$
 
-* integer ``alpha``:  A = sum_{k=0}^{alpha} binom(alpha, k) (1-q)^(alpha-k) q^k exp((k^2 - k) / (2 z^2))
-* fractional ``alpha``: split the integral at ``x0 = z^2 log(1/q - 1) + 1/2`` and expand each
-  side in a binomial series (generalised binomial coefficients, alternating signs)::
+* integer $\alpha$:
+  $A_\alpha = \sum_{k=0}^{\alpha} \binom{\alpha}{k} (1-q)^{\alpha-k} q^k \exp\bigl(\frac{k^2 - k}{2 z^2}\bigr)$;
+* fractional $\alpha$: split the integral at $x_0 = z^2 \log(1/q - 1) + 1/2$ and expand each
+  side in a binomial series (generalised binomial coefficients, alternating signs), with
+  $j = \alpha - k$ and $\Phi$ the standard normal CDF:
+  $$
+  A_\alpha = \sum_k \binom{\alpha}{k} (1-q)^{\alpha-k} q^k \exp\Bigl(\frac{k^2 - k}{2z^2}\Bigr) \Phi\Bigl(\frac{x_0 - k}{z}\Bigr)
+  + \sum_k \binom{\alpha}{k} (1-q)^k q^{\alpha-k} \exp\Bigl(\frac{j^2 - j}{2z^2}\Bigr) \Phi\Bigl(\frac{j - x_0}{z}\Bigr);
+  $$
+* $q = 1$ is the plain Gaussian mechanism: $\varepsilon_{\mathrm{RDP}}(\alpha) = \alpha / (2 z^2)$.
 
-      A = sum_k binom(alpha, k) (1-q)^(alpha-k) q^k     exp((k^2 - k) / (2z^2)) Phi((x0 - k) / z)
-        + sum_k binom(alpha, k) (1-q)^k     q^(alpha-k) exp((j^2 - j) / (2z^2)) Phi((j - x0) / z),
-      with j = alpha - k and Phi the standard normal CDF.
-
-* ``q = 1`` is the plain Gaussian mechanism: ``eps_RDP(alpha) = alpha / (2 z^2)``.
-
-RDP composes by addition over steps. Conversion to ``(epsilon, delta)``-DP, minimised over orders:
+RDP composes by addition over steps. Conversion to $(\varepsilon, \delta)$-DP, minimised over orders:
 
 * ``"improved"`` (Balle et al. 2020, "Hypothesis testing interpretations and Rényi differential
-  privacy", Theorem 21; Opacus' default)::
-
-      epsilon = eps_RDP(alpha) + log((alpha - 1) / alpha) - (log(delta) + log(alpha)) / (alpha - 1)
-
-* ``"classic"`` (Mironov 2017, Proposition 3; TensorFlow Privacy's tables)::
-
-      epsilon = eps_RDP(alpha) + log(1 / delta) / (alpha - 1)
+  privacy", Theorem 21; Opacus' default):
+  $$
+  \varepsilon = \varepsilon_{\mathrm{RDP}}(\alpha) + \log\frac{\alpha - 1}{\alpha} - \frac{\log \delta + \log \alpha}{\alpha - 1}
+  $$
+* ``"classic"`` (Mironov 2017, Proposition 3; TensorFlow Privacy's tables):
+  $$
+  \varepsilon = \varepsilon_{\mathrm{RDP}}(\alpha) + \frac{\log(1 / \delta)}{\alpha - 1}
+  $$
 
 The analysis assumes Poisson sampling (each peer independently with probability ``q``); the
 engine draws exactly ``m = q K`` peers without replacement, for which ``q = m / K`` is the

@@ -1,19 +1,20 @@
-"""DP-FedAvg (McMahan, Ramage, Talwar and Zhang 2018, "Learning differentially private recurrent
+r"""DP-FedAvg (McMahan, Ramage, Talwar and Zhang 2018, "Learning differentially private recurrent
 language models", Algorithm 1 with equal peer weights) as a wrapper around any aggregation rule.
 
-Per round, over the ``m`` updates ``u_k`` the server receives:
+Per round, over the $m$ updates $u_k$ the server receives:
 
-1. clip each update to L2 norm ``C``:  ``clip_C(u) = u * min(1, C / ||u||)``;
+1. clip each update to L2 norm $C$: $\operatorname{clip}_C(u) = u \min(1, C / \lVert u \rVert)$;
 2. aggregate the clipped updates with the inner rule (``fedavg`` by default, unweighted, so the
-   aggregate is ``(1/m) sum_k clip_C(u_k)``);
-3. add Gaussian noise of standard deviation ``z * C`` to the *sum*, i.e. ``z * C / m`` to the
-   mean::
-
-       Delta = inner(clip_C(u_1), ..., clip_C(u_m)) + N(0, (z C / m)^2 I)
-
-   (``z`` = ``noise_multiplier``; the noise is drawn from a generator seeded by the round's
+   aggregate is $\frac{1}{m} \sum_k \operatorname{clip}_C(u_k)$);
+3. add Gaussian noise of standard deviation $z C$ to the *sum*, i.e. $z C / m$ to the
+   mean:
+   $$
+   \Delta = \operatorname{inner}\bigl(\operatorname{clip}_C(u_1), \dots, \operatorname{clip}_C(u_m)\bigr)
+   + \mathcal{N}\bigl(0, (z C / m)^2 I\bigr)
+   $$
+   ($z$ = ``noise_multiplier``; the noise is drawn from a generator seeded by the round's
    ``ctx.seed``, so a resumed run draws the same noise);
-4. account one step of the sampled Gaussian mechanism with sampling rate ``q`` (peers per round
+4. account one step of the sampled Gaussian mechanism with sampling rate $q$ (peers per round
    / peers, read from the run's ``fraction``) in an RDP accountant
    (:mod:`flhelpers.defenses.accountant`); ``result.info["epsilon"]`` is the ``epsilon`` spent
    after this round at ``delta``.

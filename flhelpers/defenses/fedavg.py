@@ -1,6 +1,10 @@
-"""FedAvg (McMahan et al. 2017): the sample-weighted mean of the updates.
+r"""FedAvg (McMahan et al. 2017): the sample-weighted mean of the updates.
 
-    Delta = sum_k n_k u_k / sum_k n_k
+$$
+\Delta = \frac{\sum_k n_k u_k}{\sum_k n_k}
+$$
+
+with $u_k$ peer $k$'s update and $n_k$ its sample count.
 
 The authors' released code averages without weights; that is available as
 ``FedAvg(weighted=False)``. Every peer is accepted.

@@ -1,16 +1,17 @@
-"""Fragmented Federated Learning (FFL): pairwise mixing of updates, and its reputation defense.
+r"""Fragmented Federated Learning (FFL): pairwise mixing of updates, and its reputation defense.
 
 Seed: ``ffl-readme.md`` ("Enhanced Security and Privacy via Fragmented Federated Learning",
 Jebreel, Domingo-Ferrer, Blanco-Justicia, Sanchez). the paper's related systems.
 
 Mixing (:func:`mix_pairs`): the selected peers pair up at random; the two peers of a pair
-swap a random half of their update coordinates. With a fresh mask ``m ~ Bernoulli(0.5)^d``
-per pair (and per tensor when a layout is given)::
+swap a random half of their update coordinates. With a fresh mask $m \sim \mathrm{Bernoulli}(0.5)^d$
+per pair (and per tensor when a layout is given), $\odot$ the coordinate-wise product:
 
-    u_a' = m * u_b + (1 - m) * u_a
-    u_b' = m * u_a + (1 - m) * u_b
+$$
+u_a' = m \odot u_b + (1 - m) \odot u_a, \qquad u_b' = m \odot u_a + (1 - m) \odot u_b
+$$
 
-Every coordinate keeps its place, so ``u_a' + u_b' = u_a + u_b`` and the sum (hence FedAvg's
+Every coordinate keeps its place, so $u_a' + u_b' = u_a + u_b$ and the sum (hence FedAvg's
 unweighted mean) of all updates is unchanged, while the server no longer sees any one
 peer's update. With an odd number of mixing peers the peer left over swaps with one randomly
 chosen, already mixed peer (the original drops nobody either; we make it explicit), so it is

@@ -1,20 +1,20 @@
-"""FLAME (Nguyen et al., "FLAME: Taming Backdoors in Federated Learning", USENIX Security 2022),
+r"""FLAME (Nguyen et al., "FLAME: Taming Backdoors in Federated Learning", USENIX Security 2022),
 as compared in the LFighter journal paper.
 
-With ``u_k = W_k - G_t`` (local minus the current global model) for the ``K`` peers:
+With $u_k = W_k - G_t$ (local minus the current global model) for the $K$ peers:
 
-1. Filtering: cosine distances ``c_ij = 1 - cos(u_i, u_j)``; HDBSCAN on them
+1. Filtering: cosine distances $c_{ij} = 1 - \cos(u_i, u_j)$; HDBSCAN on them
    (``metric="precomputed"``, ``min_cluster_size = K // 2 + 1``, ``min_samples = 1``,
    ``allow_single_cluster=True``). With that minimum size there is at most one cluster; its
    members are admitted and everything labelled noise is dropped.
-2. Adaptive clipping: ``e_k = ||u_k||`` (the Euclidean distance of ``W_k`` to ``G_t``) for *all*
-   peers, ``S_t = median(e_1, ..., e_K)``; each admitted update becomes
-   ``u_k * min(1, S_t / e_k)``.
+2. Adaptive clipping: $e_k = \lVert u_k \rVert$ (the Euclidean distance of $W_k$ to $G_t$) for *all*
+   peers, $S_t = \operatorname{median}(e_1, \dots, e_K)$; each admitted update becomes
+   $u_k \min(1, S_t / e_k)$.
 3. Aggregation: the plain mean of the clipped admitted updates (FLAME averages without sample
    weights; ``weighted=True`` weights by sample count instead).
-4. Adaptive noise: ``Delta += N(0, sigma^2 I)`` with ``sigma = lambda * S_t`` and
-   ``lambda = (1 / eps) * sqrt(2 ln(1.25 / delta))`` (the Gaussian mechanism's calibration);
-   ``lambda`` may be given directly. The noise comes from a ``torch.Generator`` seeded with
+4. Adaptive noise: $\Delta \mathrel{+}= \mathcal{N}(0, \sigma^2 I)$ with $\sigma = \lambda S_t$ and
+   $\lambda = \frac{1}{\varepsilon} \sqrt{2 \ln(1.25 / \delta)}$ (the Gaussian mechanism's calibration);
+   $\lambda$ may be given directly. The noise comes from a ``torch.Generator`` seeded with
    ``ctx.seed`` on the CPU, so a run is reproducible on any device; ``noise=False`` skips it.
 
 Defaults: ``eps = 3705``, ``delta = 0.001``, so ``lambda ~= 0.00102``. FLAME's paper uses

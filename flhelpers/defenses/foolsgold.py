@@ -1,11 +1,14 @@
-"""FoolsGold (Fung, Yoon and Beschastnikh 2020, "The Limitations of Federated Learning in
+r"""FoolsGold (Fung, Yoon and Beschastnikh 2020, "The Limitations of Federated Learning in
 Sybil Settings", RAID; Algorithm 1).
 
 Sybils that pursue the same poisoning goal send similar updates round after round, so
-FoolsGold down-weights peers whose *update histories* are too similar. Per peer ``i``
-(keyed by its global id, ``ctx.peer_ids``) the rule keeps the history
+FoolsGold down-weights peers whose *update histories* are too similar. Per peer $i$
+(keyed by its global id, ``ctx.peer_ids``) the rule keeps the history, the sum of peer $i$'s
+output-layer updates over the rounds so far:
 
-    H_i = sum over the rounds so far of peer i's output-layer update
+$$
+H_i = \sum_{t' \le t} u_i^{(t')}
+$$
 
 (the output layer's weights and bias, as in the LFighter paper's comparison;
 ``use_output_layer=False`` uses the whole update; ``output_bias=False`` keeps the output layer's
@@ -15,19 +18,19 @@ share by 0.03-0.06 only. Their code also sums the raw minibatch gradients of the
 than the update; with momentum and weight decay the two differ in more than a scale, which FoolsGold's
 cosines would ignore). Each round, for the peers present:
 
-1. ``cs_ij = cos(H_i, H_j)`` for ``i != j`` and ``cs_ii = 0``; ``v_i = max_j cs_ij``, so
-   ``v_i >= 0``. (Fung et al.'s code subtracts the identity from the cosine matrix, putting 0 on
-   the diagonal. Excluding the diagonal instead lets ``v_i`` go negative, and a peer whose most
-   similar peer is dissimilar would then get ``cs_ij * v_i / v_j > 0`` from the pardoning and be
+1. $cs_{ij} = \cos(H_i, H_j)$ for $i \ne j$ and $cs_{ii} = 0$; $v_i = \max_j cs_{ij}$, so
+   $v_i \ge 0$. (Fung et al.'s code subtracts the identity from the cosine matrix, putting 0 on
+   the diagonal. Excluding the diagonal instead lets $v_i$ go negative, and a peer whose most
+   similar peer is dissimilar would then get $cs_{ij} v_i / v_j > 0$ from the pardoning and be
    penalised as a sybil.)
-2. Pardoning: if ``v_j > v_i`` then ``cs_ij <- cs_ij * v_i / v_j``.
-3. ``alpha_i = 1 - max_j cs_ij``, clipped to ``[0, 1]``.
-4. ``alpha <- alpha / max(alpha)``; ``alpha_i = 0.99`` where ``alpha_i == 1``.
-5. ``alpha_i <- kappa * (ln(alpha_i / (1 - alpha_i)) + 0.5)``; values that are infinite
+2. Pardoning: if $v_j > v_i$ then $cs_{ij} \leftarrow cs_{ij} \, v_i / v_j$.
+3. $\alpha_i = 1 - \max_j cs_{ij}$, clipped to $[0, 1]$.
+4. $\alpha \leftarrow \alpha / \max(\alpha)$; $\alpha_i = 0.99$ where $\alpha_i = 1$.
+5. $\alpha_i \leftarrow \kappa \bigl(\ln(\alpha_i / (1 - \alpha_i)) + 0.5\bigr)$; values that are infinite
    or above 1 become 1, negative values become 0.
 
-The aggregate is the alpha-weighted mean of the *current* updates,
-``Delta = sum_i alpha_i u_i / sum_i alpha_i``. (FoolsGold's reference code scales each
+The aggregate is the $\alpha$-weighted mean of the *current* updates,
+$\Delta = \sum_i \alpha_i u_i / \sum_i \alpha_i$. (FoolsGold's reference code scales each
 update by ``alpha_i`` and divides by the number of peers, which also shrinks the step
 size; we normalise by the weights, the convention of every weighted rule here. Sample
 counts are not used.) ``accepted`` is ``alpha > 0``.

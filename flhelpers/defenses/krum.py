@@ -1,10 +1,12 @@
-"""Krum and Multi-Krum (Blanchard et al. 2017, "Machine Learning with Adversaries:
+r"""Krum and Multi-Krum (Blanchard et al. 2017, "Machine Learning with Adversaries:
 Byzantine Tolerant Gradient Descent", NeurIPS).
 
-With ``n`` updates of which at most ``f`` are Byzantine, and ``i -> j`` ranging over the
-``n - f - 2`` updates nearest to ``u_i`` *other than* ``u_i`` itself:
+With $n$ updates of which at most $f$ are Byzantine, and $i \to j$ ranging over the
+$n - f - 2$ updates nearest to $u_i$ *other than* $u_i$ itself (squared Euclidean distances):
 
-    score(i) = sum_{i -> j} ||u_i - u_j||^2          (squared Euclidean distances)
+$$
+\operatorname{score}(i) = \sum_{i \to j} \lVert u_i - u_j \rVert^2
+$$
 
 * Krum returns the single update with the lowest score.
 * Multi-Krum keeps the ``m`` updates with the lowest scores (``m = n - f`` by default, as

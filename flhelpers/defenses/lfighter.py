@@ -1,26 +1,29 @@
-"""LFighter (Jebreel, Domingo-Ferrer, Sanchez and Blanco-Justicia, "Defending against the
+r"""LFighter (Jebreel, Domingo-Ferrer, Sanchez and Blanco-Justicia, "Defending against the
 Label-flipping Attack in Federated Learning", 2022/2024): Algorithm 1 with Procedures 1 and 2.
 
-Per round, with ``grad_k = (W^t - W_k^{t+1}) / eta = -u_k / eta`` (:meth:`AggregationContext.gradients`)
-and ``g_{k,i}`` the gradient row of output neuron ``i`` of peer ``k`` (its weight row followed by
+Per round, with $\mathrm{grad}_k = (W^t - W_k^{t+1}) / \eta = -u_k / \eta$ (:meth:`AggregationContext.gradients`)
+and $g_{k,i}$ the gradient row of output neuron $i$ of peer $k$ (its weight row followed by
 its bias, :meth:`ParamLayout.output_rows`):
 
-1. Neuron magnitudes ``m_{k,i} = ||g_{k,i}||``.
+1. Neuron magnitudes $m_{k,i} = \lVert g_{k,i} \rVert$.
 2. iid / mild non-iid (Procedure 1, FILTER_MILD):
-   ``M_i = sum_k m_{k,i}``; the two largest ``imax1, imax2`` (in that order) are the potential
-   source and target neurons; feature ``x_k = [g_{k,imax1}, g_{k,imax2}]``;
-   ``cl_1, cl_2 = kmeans(x, 2)``; for a cluster ``cl`` of ``n`` members,
-   ``theta_ij = arccos(cos(x_i, x_j))`` and the inverse density
-   ``dns(cl) = (1/n) sum_{i in cl} max_{j in cl} theta_ij``;
-   ``score_c = |cl_c| / (|cl_1| + |cl_2|) * dns(cl_c)``; the cluster with the lower score is bad.
+   $M_i = \sum_k m_{k,i}$; the two largest, $i_{\max 1}$ and $i_{\max 2}$ (in that order), are the
+   potential source and target neurons; feature $x_k = [g_{k,i_{\max 1}}, g_{k,i_{\max 2}}]$;
+   $cl_1, cl_2 = \operatorname{kmeans}(x, 2)$; for a cluster $cl$ of $n$ members,
+   $\theta_{ij} = \arccos(\cos(x_i, x_j))$ and the inverse density and score
+   $$
+   \mathrm{dns}(cl) = \frac{1}{n} \sum_{i \in cl} \max_{j \in cl} \theta_{ij}, \qquad
+   \mathrm{score}_c = \frac{|cl_c|}{|cl_1| + |cl_2|} \, \mathrm{dns}(cl_c);
+   $$
+   the cluster with the lower score is bad.
 3. extreme non-iid (Procedure 2, FILTER_EXTREME):
-   per peer its own two largest neurons ``imax1_k, imax2_k``; feature
-   ``x_k = [g_{k,imax1_k}, g_{k,imax2_k}]`` (the two rows concatenated, largest first, as
+   per peer its own two largest neurons $i_{\max 1,k}, i_{\max 2,k}$; feature
+   $x_k = [g_{k,i_{\max 1,k}}, g_{k,i_{\max 2,k}}]$ (the two rows concatenated, largest first, as
    Procedure 2 writes it; :func:`concat_features`); ``HDBSCAN(min_cluster_size=2)`` with the
    ``hdbscan`` package's neighbourhood (scikit-learn ``min_samples=3``, below); for every cluster
-   ``j`` the neuron-wise mean ``mu_j`` of its members' output-layer gradients and
-   ``top_j = argmax_i ||mu_{j,i}||``; among clusters that share the same ``top_j`` the smaller
-   ones are bad; HDBSCAN noise (label ``-1``) is bad.
+   $j$ the neuron-wise mean $\mu_j$ of its members' output-layer gradients and
+   $\mathrm{top}_j = \operatorname{argmax}_i \lVert \mu_{j,i} \rVert$; among clusters that share the same
+   $\mathrm{top}_j$ the smaller ones are bad; HDBSCAN noise (label ``-1``) is bad.
 4. FedAvg (weighted by sample count) over the peers that are not bad.
 
 With a single output neuron (IMDB) the feature is the whole output layer gradient and the k-means
@@ -32,8 +35,8 @@ The paper's text is the default.
 
 Choices where the paper is silent (each also stated at the code that makes it):
 
-* **Singleton cluster.** Procedure 1 takes ``max_j theta_ij`` over all ``j`` of the cluster,
-  ``j = i`` included (``theta_ii = 0``), so a one-member cluster has ``dns = 0`` and score 0,
+* **Singleton cluster.** Procedure 1 takes $\max_j \theta_{ij}$ over all $j$ of the cluster,
+  $j = i$ included ($\theta_{ii} = 0$), so a one-member cluster has $\mathrm{dns} = 0$ and score 0,
   and is flagged unless the other cluster also scores 0. (The authors' released code instead
   gives a singleton the value of a 90-degree angle, and clips every cluster's inverse density at
   90 degrees from below because it takes the minimum of a cosine matrix whose diagonal was set
@@ -68,7 +71,7 @@ Choices where the paper is silent (each also stated at the code that makes it):
   returning a single cluster; HDBSCAN labelling every peer noise (the paper would reject
   everyone and leave no update to average).
 * **Automatic distribution** (``distribution="auto"``): a peer *holds* class ``i`` when its bias
-  gradient for ``i`` is negative (``delta_i = p_i - y_i`` is in ``[-1, 0]`` only for held
+  gradient for $i$ is negative ($\delta_i = p_i - y_i$ is in $[-1, 0]$ only for held
   classes). The round is *extreme* when more than half of the peers hold exactly one class,
   otherwise iid/mild (both use Procedure 1). In an extreme split every honest peer and every
   attacker (who holds only the target label after flipping) shows exactly one negative bias
@@ -146,7 +149,7 @@ _VARIANTS = ("paper", "released")
 
 
 class LFighter(Defense):
-    """LFighter: cluster the peers' source/target output-neuron gradients, drop the bad cluster.
+    r"""LFighter: cluster the peers' source/target output-neuron gradients, drop the bad cluster.
 
     Args:
         distribution: ``"iid"`` or ``"mild"`` (Procedure 1, k-means), ``"extreme"``
@@ -181,16 +184,18 @@ class LFighter(Defense):
             ``aggregation.py``, class ``LFD``), which produced the journal's numbers, computes.
             Its differences from the paper's text:
 
-            1. *The cluster score* (decides): ``ds_c = n_c / m * (1 - mean_i min_j (CS_c - I)_ij)``
-               with ``CS_c`` the cosine matrix of cluster ``c``'s features; the larger ``ds`` is good
+            1. *The cluster score* (decides):
+               $\mathrm{ds}_c = \frac{n_c}{m} \bigl(1 - \operatorname{mean}_i \min_j (CS_c - I)_{ij}\bigr)$
+               with $CS_c$ the cosine matrix of cluster $c$'s features; the larger $\mathrm{ds}$ is good
                (tie: cluster 0). The row minimum includes the zeroed diagonal, so a cluster whose
                members are all within 90 degrees of each other scores ``n_c / m`` and the larger
                such cluster wins; a singleton scores ``1 / m``. The paper's score (size share x mean
                largest angle) marks the *tighter* cluster bad instead
                (:func:`released_dissimilarity`, :func:`filter_released`).
-            2. *Neuron magnitudes* (can decide which neurons): ``M_c = sum_k ||dW_k[c]||_2 +
-               sum_k |db_k[c]|``, the weight row's norm and the bias's absolute value summed
-               separately, with ``dW = W_global - W_local`` not divided by the learning rate
+            2. *Neuron magnitudes* (can decide which neurons):
+               $M_c = \sum_k \lVert dW_k[c] \rVert_2 + \sum_k |db_k[c]|$, the weight row's norm and the
+               bias's absolute value summed separately, with $dW = W_{\mathrm{global}} - W_{\mathrm{local}}$
+               not divided by the learning rate
                (:func:`released_magnitudes`; the scale does not change the ranking).
             3. *Features* (can decide): ``dW_k`` at the two rows, weights only, no bias.
             4. *Clustering* (can decide): ``KMeans(n_clusters=2, random_state=0, n_init=10)``, the

@@ -1,7 +1,9 @@
-"""Coordinate-wise median (Yin et al. 2018, "Byzantine-Robust Distributed Learning:
+r"""Coordinate-wise median (Yin et al. 2018, "Byzantine-Robust Distributed Learning:
 Towards Optimal Statistical Rates", ICML).
 
-    Delta_j = median(u_1j, ..., u_Kj)      for every coordinate j
+$$
+\Delta_j = \operatorname{median}(u_{1j}, \dots, u_{Kj}) \quad \text{for every coordinate } j
+$$
 
 For an even ``K`` this is the true median, the mean of the two middle values
 (``torch.median`` returns the lower one; numpy and Flower's ``aggregate_median`` use the

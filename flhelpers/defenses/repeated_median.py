@@ -1,45 +1,49 @@
-"""Repeated median with residual-based reweighting (Fu, Xie, Li and Chen 2019,
+r"""Repeated median with residual-based reweighting (Fu, Xie, Li and Chen 2019,
 "Attack-Resistant Federated Learning with Residual-based Reweighting", arXiv:1912.11464).
 
 The rule the LFighter paper calls "Repeated Median". Per coordinate ``j`` it fits Siegel's
 repeated-median regression line to the peers' sorted values against their ranks, turns
 each value's residual into a confidence (an IRLS / Huber weight), replaces values the
 line cannot explain by the line's fitted value, and finally averages whole updates with
-per-peer weights built from those confidences. With ``y_(0) <= ... <= y_(K-1)`` the K
-values of coordinate ``j`` sorted, at ``x_i = i`` (their rank):
+per-peer weights built from those confidences. With $y_{(0)} \le \dots \le y_{(K-1)}$ the $K$
+values of coordinate $j$ sorted, at $x_i = i$ (their rank):
 
-1. Siegel's repeated median (Siegel 1982)::
+1. Siegel's repeated median (Siegel 1982):
+   $$
+   b_1 = \operatorname{med}_i \operatorname{med}_{l \ne i} \frac{y_{(l)} - y_{(i)}}{l - i}, \qquad
+   b_0 = \operatorname{med}_i \bigl(y_{(i)} - b_1 i\bigr)
+   $$
 
-       b1 = med_i  med_{l != i} (y_(l) - y_(i)) / (l - i)
-       b0 = med_i (y_(i) - b1 * i)
-
-2. Residuals ``r_i = y_(i) - (b0 + b1 * i)`` and a robust scale::
-
-       sigma = 1.4826 * (1 + 5 / (K - 1)) * med |r|
-
-   where the median runs over the ``K - 1`` largest ``|r_i|``: the fitted line passes
+2. Residuals $r_i = y_{(i)} - (b_0 + b_1 i)$ and a robust scale
+   $$
+   \sigma = 1.4826 \, \Bigl(1 + \frac{5}{K - 1}\Bigr) \operatorname{med} |r|
+   $$
+   where the median runs over the $K - 1$ largest $|r_i|$: the fitted line passes
    exactly through one point (the median in step 1's intercept), whose zero residual is
    left out, as in the authors' implementation.
 
-3. Leverage of rank ``i`` in the design ``X = [1, x]``:
-   ``h_i = 1/K + (i - (K-1)/2)^2 / S_xx`` with ``S_xx = K (K^2 - 1) / 12``; the
-   standardized residual is ``e_i = r_i / (sigma * sqrt(1 - h_i))``.
+3. Leverage of rank $i$ in the design $X = [1, x]$:
+   $h_i = \frac{1}{K} + \frac{(i - (K-1)/2)^2}{S_{xx}}$ with $S_{xx} = K (K^2 - 1) / 12$; the
+   standardized residual is $e_i = r_i / (\sigma \sqrt{1 - h_i})$.
 
-4. Confidence, the Huber weight ``psi(e)/e`` with ``psi(e) = max(-Z, min(Z, e))`` and
-   ``Z = lambda * sqrt(2 / K)``::
+4. Confidence, the Huber weight $\psi(e)/e$ with $\psi(e) = \max(-Z, \min(Z, e))$ and
+   $Z = \lambda \sqrt{2 / K}$:
+   $$
+   w_{ij} = \min\bigl(1, Z / |e_i|\bigr)
+   $$
+   (1 where $r_i = 0$, 0 where $\sigma = 0 < |r_i|$).
 
-       w_ij = min(1, Z / |e_i|)         (1 where r_i = 0, 0 where sigma = 0 < |r_i|)
-
-5. Extreme-value correction: where ``w_ij < delta`` the value is replaced by the fitted
-   value ``b0 + b1 * rank``.
+5. Extreme-value correction: where $w_{ij} < \delta$ the value is replaced by the fitted
+   value $b_0 + b_1 \cdot \mathrm{rank}$.
 
 6. Per-peer weight: each coordinate's confidences are scaled by their standard deviation
    over the peers (coordinates where everyone is trusted alike carry no information),
-   summed over coordinates, normalised by the largest and squared::
+   summed over coordinates, normalised by the largest and squared:
+   $$
+   W_k = \Bigl(\frac{s_k}{\max_l s_l}\Bigr)^2, \qquad s_k = \sum_j w_{kj} \operatorname{std}_l(w_{lj})
+   $$
 
-       W_k = (s_k / max_l s_l)^2,     s_k = sum_j w_kj * std_l(w_lj)
-
-7. ``Delta = sum_k W_k y~_k / sum_k W_k`` over the corrected updates ``y~``.
+7. $\Delta = \sum_k W_k \tilde y_k / \sum_k W_k$ over the corrected updates $\tilde y$.
 
 ``accepted`` is ``W > 0``; ``weights`` is ``W``. Steps 1-7, including the details of
 step 2 (the constants, the dropped zero residual) and step 6 (the standard-deviation

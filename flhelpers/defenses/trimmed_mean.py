@@ -1,10 +1,12 @@
-"""Coordinate-wise trimmed mean (Yin et al. 2018, "Byzantine-Robust Distributed Learning:
+r"""Coordinate-wise trimmed mean (Yin et al. 2018, "Byzantine-Robust Distributed Learning:
 Towards Optimal Statistical Rates", ICML).
 
-For every coordinate ``j`` sort the K values ``u_(1)j <= ... <= u_(K)j`` and drop ``b``
+For every coordinate $j$ sort the $K$ values $u_{(1)j} \le \dots \le u_{(K)j}$ and drop $b$
 from each end:
 
-    Delta_j = 1 / (K - 2b) * sum_{i = b+1}^{K-b} u_(i)j
+$$
+\Delta_j = \frac{1}{K - 2b} \sum_{i = b+1}^{K-b} u_{(i)j}
+$$
 
 ``b`` is the expected attacker count ``f`` (``ctx.expected_attackers``), or
 ``floor(beta * K)`` when ``beta`` is given. Edge cases, both defined rather than failing

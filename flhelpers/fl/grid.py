@@ -4,7 +4,9 @@
 worker processes, or on Ray). A run whose configuration already finished is read back, not
 recomputed, and an unfinished one resumes from its checkpoint
 (:func:`flhelpers.fl.engine.run_experiment`), so re-running a grid only computes what is
-missing. :func:`load_summary_rows` and :func:`grid_rounds` read a grid's runs back.
+missing. A :class:`~flhelpers.fl.executors.RunRecorder` (``recorder``) records each run it
+computes besides the run's own files (per-round records, gradient captures), in whichever process
+or machine computes it. :func:`load_summary_rows` and :func:`grid_rounds` read a grid's runs back.
 
 :func:`make_grid` builds the configurations ``defenses x attacker ratios x seeds`` of a
 benchmark (default: the paper's seven defenses at its ratios 0-50 %). Which of them each
@@ -27,6 +29,7 @@ import torch
 from flhelpers.config import ConfigError, ExperimentConfig, benchmark_config, validate_config
 from flhelpers.defenses import PAPER_DEFENSES
 from flhelpers.presets import PAPER_RATIOS
+from flhelpers.fl.executors import RunRecorder, RunRecording
 from flhelpers.results import check_results_dir, is_finished, read_json, run_dir
 
 #: the columns of a run's summary that tables and figures use
@@ -83,19 +86,25 @@ def _describe(cfg: ExperimentConfig) -> str:
 
 
 def _run_one(cfg: ExperimentConfig, data_root: str | Path | None, results_dir: str | Path, progress: bool,
-             threads: int | None = None, force: bool = False) -> tuple[dict[str, Any], bool, float]:
+             threads: int | None = None, force: bool = False,
+             recorder: RunRecorder | None = None) -> tuple[dict[str, Any], bool, float]:
     """One run of a grid (also the body of a worker process): (summary, reused, seconds).
 
-    ``threads`` sets torch's thread count for the run and restores it afterwards.
+    ``threads`` sets torch's thread count for the run and restores it afterwards; a ``recorder``
+    records the run (:func:`flhelpers.fl.executors.compute_recorded`).
     """
     from flhelpers.fl.engine import run_experiment
+    from flhelpers.fl.executors import compute_recorded
 
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         t0 = time.perf_counter()
-        res = run_experiment(cfg, data_root=data_root, results_dir=results_dir, progress=progress, force=force)
+        if recorder is None:
+            res = run_experiment(cfg, data_root=data_root, results_dir=results_dir, progress=progress, force=force)
+        else:
+            res = compute_recorded(cfg, data_root, results_dir, recorder, force=force, progress=progress)
         return res.summary, res.reused, time.perf_counter() - t0
     finally:
         torch.set_num_threads(before)
@@ -116,7 +125,7 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
              round_progress: bool = False, workers: int = 1, force: bool = False,
              executor: str = "local", address: str | None = None, cpus_per_run: float = 1.0,
              gpus_per_run: float = 0.0, threads: int | None = None, max_retries: int = 3,
-             relay_every_s: float = 10.0) -> pd.DataFrame:
+             relay_every_s: float = 10.0, recorder: RunRecorder | None = None) -> pd.DataFrame:
     """Run every configuration (reusing finished runs) and return one row of summary per run.
 
     Every configuration still to compute is validated before any training. ``progress`` shows
@@ -142,6 +151,15 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
     also one by default), and runs computed with the same count are identical. Pass more
     threads for a large model on a machine with cores to spare.
 
+    ``recorder`` (a :class:`flhelpers.fl.executors.RunRecorder`, picklable) records every run
+    computed, on every executor: the worker that computes a run builds its ``on_round`` callback
+    (:meth:`~flhelpers.fl.executors.RunRecorder.start`) and tells it when the run ended, and the
+    record's files land in ``results_dir`` (from a Ray task they travel with the run's files, and
+    with a relayed checkpoint). A finished run whose record is missing
+    (:meth:`~flhelpers.fl.executors.RunRecorder.needs_computing`) is computed again for it, without
+    its files being rewritten (:func:`flhelpers.fl.executors.compute_recorded`); ``reused`` is then
+    False. Finished runs with their records are read back, as without a recorder.
+
     Columns: every config field, every summary field (:func:`flhelpers.metrics.summarize`),
     ``run_id``, ``reused`` (read back rather than computed) and ``wall_time`` (seconds the run
     took). Rows keep the order of ``configs``; an error names the failing configuration, and the
@@ -163,7 +181,8 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive integer, got {threads!r}.")
     check_results_dir(results_dir, writable=False)
-    pending = [i for i, c in enumerate(configs) if force or not is_finished(run_dir(results_dir, ids[i]))]
+    pending = [i for i, c in enumerate(configs) if force or not is_finished(run_dir(results_dir, ids[i]))
+               or (recorder is not None and recorder.needs_computing(c, results_dir))]
     if pending:
         check_results_dir(results_dir)  # runs to compute: the store must be writable, said before any training
     local_threads = DEFAULT_THREADS if threads is None else threads
@@ -190,7 +209,8 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
             from flhelpers.fl.ray_executor import run_on_ray
 
             try:
-                for i, summary, seconds in run_on_ray(configs, pending, data_root, results_dir, ray_options, force):
+                for i, summary, seconds in run_on_ray(configs, pending, data_root, results_dir, ray_options, force,
+                                                      recorder):
                     done[i] = (summary, False, seconds)
                     bar.update(_describe(configs[i]), seconds)
             except RunFailed as exc:
@@ -199,7 +219,7 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
             for i in pending:
                 try:
                     done[i] = _run_one(configs[i], data_root, results_dir, progress and round_progress,
-                                       local_threads, force=force)
+                                       local_threads, force=force, recorder=recorder)
                 except Exception as exc:
                     raise failed(i, exc) from exc
                 bar.update(_describe(configs[i]), done[i][2])
@@ -207,8 +227,8 @@ def run_grid(configs: Iterable[ExperimentConfig], data_root: str | Path | None =
             per_process = local_threads
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
-                futures = {pool.submit(_run_one, configs[i], data_root, results_dir, False, per_process, force): i
-                           for i in pending}
+                futures = {pool.submit(_run_one, configs[i], data_root, results_dir, False, per_process, force,
+                                       recorder): i for i in pending}
                 for future in as_completed(futures):
                     i = futures[future]
                     try:
@@ -249,4 +269,5 @@ def load_summary_rows(results_dir: str | Path, run_ids: Iterable[str]) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-__all__ = ["DEFAULT_THREADS", "EXECUTORS", "SUMMARY_METRICS", "grid_rounds", "load_summary_rows", "run_grid"]
+__all__ = ["DEFAULT_THREADS", "EXECUTORS", "SUMMARY_METRICS", "RunRecorder", "RunRecording", "grid_rounds",
+           "load_summary_rows", "run_grid"]

@@ -30,6 +30,13 @@ calls :func:`run_on_ray`. How a grid runs:
 6. **No finished run is computed twice.** Finished runs are skipped before submission; once the
    driver has written a run, the relay marks it done and any later attempt of its task returns
    at once without computing.
+7. **Records travel too.** With a :class:`~flhelpers.fl.executors.RunRecorder`, the task builds
+   the run's recording in its temporary store and returns the record's files with the run's; the
+   driver writes them before the run's ``summary.json``. A resumed run's record travels with its
+   checkpoint (seeded from the driver's store, relayed after each round), so the record of the
+   rounds before the resumption is kept. A finished run whose record is missing is computed again
+   and only its record is kept, if the recomputed ``metrics.csv`` equals the stored one
+   (:func:`flhelpers.fl.executors.adopt_record`).
 
 Ray is an optional extra (``pip install -e ".[ray]"``); without it :func:`require_ray` fails at
 once with that command. Every node must run the same flhelpers (its results version is checked
@@ -51,10 +58,11 @@ import torch
 
 from flhelpers.fl.checkpoint import CHECKPOINT
 from flhelpers.config import RESULTS_VERSION, ConfigError, ExperimentConfig, validate_config
-from flhelpers.fl.executors import (FINISHED_FILES, UNFINISHED_FILES, RunFailed, read_run_files,
-                                 write_finished_run, write_unfinished_run)
+from flhelpers.fl.executors import (FINISHED_FILES, RECORD_PREFIX, UNFINISHED_FILES, RunFailed, RunRecorder,
+                                    adopt_record, read_record_files, read_run_files, record_run,
+                                    write_finished_run, write_record_files, write_unfinished_run)
 from flhelpers.optional import import_optional
-from flhelpers.results import METRICS_DIGEST, read_finished_run, run_dir
+from flhelpers.results import METRICS_DIGEST, is_finished, read_finished_run, run_dir
 
 #: what to run when Ray is missing
 RAY_INSTALL = 'pip install -e ".[ray]"'
@@ -174,11 +182,14 @@ class _CheckpointSender:
     """``on_round`` callback of a task: send the run's newest checkpoint to the relay.
 
     ``run_experiment`` calls it after each aggregation; the checkpoint on disk is then the one of
-    the previous round (written atomically, so it is read whole).
+    the previous round (written atomically, so it is read whole). The record's files
+    (``outputs`` under the task's store ``store``) travel with it.
     """
 
-    def __init__(self, path: Path, relay: Any, run_id: str, every_s: float) -> None:
+    def __init__(self, path: Path, relay: Any, run_id: str, every_s: float, store: Path | None = None,
+                 outputs: tuple[str, ...] = ()) -> None:
         self.path, self.relay, self.run_id, self.every_s = path, relay, run_id, every_s
+        self.store, self.outputs = store, outputs
         self._last_mtime: int | None = None
         self._last_sent = float("-inf")
         self.rounds_trained = 0  # the rounds this attempt aggregated
@@ -198,7 +209,10 @@ class _CheckpointSender:
         import ray
 
         try:
-            ray.get(self.relay.put.remote(self.run_id, read_run_files(self.path, UNFINISHED_FILES)))
+            files = read_run_files(self.path, UNFINISHED_FILES)
+            if self.store is not None:
+                files.update(read_record_files(self.store, self.outputs))
+            ray.get(self.relay.put.remote(self.run_id, files))
         except Exception as exc:  # the relay is a convenience: never let it fail the run
             warnings.warn(f"Run {self.run_id}: could not send its checkpoint to the driver ({exc}); "
                           f"the run continues, a retry would start from its last relayed checkpoint.")
@@ -208,16 +222,17 @@ class _CheckpointSender:
 
 
 def execute_run(config: dict[str, Any], run_id: str, data_root: str | None, relay: Any, threads: int,
-                results_version: int, relay_every_s: float) -> dict[str, Any]:
+                results_version: int, relay_every_s: float, recorder: RunRecorder | None = None) -> dict[str, Any]:
     """The body of a run's Ray task: compute the run in a temporary store, return its files.
 
     Returns ``{"status": "done"}`` when the driver already holds the finished run (a stray retry),
     else ``{"status": "computed", "files", "summary", "wall_time", "attempt", "resumed_from",
     "rounds_trained", "host", "pid"}`` (``resumed_from``: the first round this attempt computed,
-    ``None`` from round 0; ``rounds_trained``: how many rounds it computed).
+    ``None`` from round 0; ``rounds_trained``: how many rounds it computed). With a ``recorder``
+    the run is recorded (:func:`flhelpers.fl.executors.record_run`) and ``files`` holds the
+    record's files too (keys :data:`~flhelpers.fl.executors.RECORD_PREFIX` + path); a whole-run
+    record neither resumes from nor relays checkpoints.
     """
-    from flhelpers.fl.engine import run_experiment
-
     if results_version != RESULTS_VERSION:
         raise ConfigError(f"Node {socket.gethostname()} runs flhelpers with results version {RESULTS_VERSION}, "
                           f"the driver {results_version}: install the same flhelpers on every node.")
@@ -230,16 +245,22 @@ def execute_run(config: dict[str, Any], run_id: str, data_root: str | None, rela
     status, files, attempt = ("run", None, 1) if relay is None else ray.get(relay.start.remote(run_id))
     if status == "done":
         return {"status": "done"}
+    whole = recorder is not None and recorder.whole_run(cfg)
+    outputs = recorder.outputs(cfg) if recorder is not None else ()
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="flhelpers-ray-") as tmp:
         path = run_dir(tmp, run_id)
         path.mkdir(parents=True)
-        for name, data in (files or {}).items():
-            (path / name).write_bytes(data)
+        files = {} if whole else (files or {})
+        for name, data in files.items():
+            if not name.startswith(RECORD_PREFIX):
+                (path / name).write_bytes(data)
+        write_record_files(tmp, files, outputs)  # a resumed run's record so far
         t0 = time.perf_counter()
-        sender = _CheckpointSender(path, relay, run_id, relay_every_s)
-        result = run_experiment(cfg, data_root=data_root, results_dir=tmp, progress=False, on_round=sender)
-        return {"status": "computed", "files": read_run_files(path, FINISHED_FILES), "summary": result.summary,
+        sender = _CheckpointSender(path, None if whole else relay, run_id, relay_every_s, Path(tmp), outputs)
+        result = record_run(cfg, data_root, tmp, recorder, also=sender)
+        files = {**read_run_files(path, FINISHED_FILES), **read_record_files(tmp, outputs)}
+        return {"status": "computed", "files": files, "summary": result.summary,
                 "wall_time": time.perf_counter() - t0, "attempt": attempt,
                 "resumed_from": result.extra.get("resumed_from"), "rounds_trained": sender.rounds_trained,
                 "host": socket.gethostname(), "pid": os.getpid()}
@@ -338,14 +359,16 @@ def _cause(exc: BaseException) -> BaseException | str:
 
 
 def run_on_ray(configs: Sequence[ExperimentConfig], pending: Sequence[int], data_root: str | Path | None,
-               results_dir: str | Path, options: RayOptions, force: bool = False
-               ) -> Iterator[tuple[int, dict[str, Any], float]]:
+               results_dir: str | Path, options: RayOptions, force: bool = False,
+               recorder: RunRecorder | None = None) -> Iterator[tuple[int, dict[str, Any], float]]:
     """Compute ``configs[i]`` for every ``i`` in ``pending`` on Ray; yield ``(i, summary, seconds)``
     as each run is written into ``results_dir``.
 
     Raises :class:`RunFailed` (with the index) for the first run that fails; the runs still
     queued or running are cancelled and the runs already written stay. ``force`` recomputes
     runs that are finished in the store (their files are replaced when the new ones arrive).
+    ``recorder`` records each run (module docstring, point 7): a pending run already finished
+    in the store is there for its record only, and only the record is written.
     """
     options.check([configs[i] for i in pending])
     for i in pending:
@@ -359,11 +382,18 @@ def run_on_ray(configs: Sequence[ExperimentConfig], pending: Sequence[int], data
     try:
         relay = _start_relay(ray)
         ids = {i: configs[i].run_id() for i in pending}
-        if not force:  # an interrupted run in the store continues where it stopped
+        index = {run_id: i for i, run_id in ids.items()}
+        outputs = {i: recorder.outputs(configs[i]) if recorder is not None else () for i in pending}
+        whole = {i: recorder is not None and recorder.whole_run(configs[i]) for i in pending}
+        # a finished run still pending is there for its record only (a whole-run record replaces the run)
+        record_only = {i: not force and not whole[i] and is_finished(run_dir(results_dir, ids[i])) for i in pending}
+        seeds = []
+        if not force:  # an interrupted run in the store continues where it stopped, with its record so far
             for i in pending:
                 files = read_run_files(run_dir(results_dir, ids[i]), UNFINISHED_FILES)
-                if CHECKPOINT in files:
-                    relay.seed.remote(ids[i], files)
+                if CHECKPOINT in files and not whole[i]:
+                    seeds.append(relay.seed.remote(ids[i], {**files, **read_record_files(results_dir, outputs[i])}))
+        ray.get(seeds)  # in the relay before any task asks for them (a warm worker asks at once)
         task = ray.remote(execute_run)
         root = None if data_root is None else str(Path(data_root).resolve())  # the driver's cwd, not a worker's
         for i in pending:
@@ -371,20 +401,27 @@ def run_on_ray(configs: Sequence[ExperimentConfig], pending: Sequence[int], data
                                max_retries=options.max_retries, retry_exceptions=False,
                                name=f"flhelpers-run-{ids[i]}").remote(
                 configs[i].to_dict(), ids[i], root, relay, options.torch_threads, RESULTS_VERSION,
-                options.relay_every_s)
+                options.relay_every_s, recorder)
             refs[ref] = i
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
             # checkpoints first: any sent by a run happened before its result arrived
             for run_id, files in ray.get(relay.take_new.remote()).items():
-                write_unfinished_run(results_dir, run_id, files)
+                if write_unfinished_run(results_dir, run_id, files):
+                    write_record_files(results_dir, files, outputs[index[run_id]])
             for ref in ready:
                 i = refs.pop(ref)
                 try:
                     out = ray.get(ref)
                 except Exception as exc:
                     raise RunFailed(i, _cause(exc)) from exc
-                if out["status"] == "computed":
+                if out["status"] == "computed" and record_only[i]:
+                    adopt_record(results_dir, ids[i], out["files"], outputs[i])
+                    relay.done.remote(ids[i])
+                    summary, _ = read_finished_run(run_dir(results_dir, ids[i]))
+                    yield i, {k: v for k, v in summary.items() if k != METRICS_DIGEST}, out["wall_time"]
+                elif out["status"] == "computed":
+                    write_record_files(results_dir, out["files"], outputs[i])  # before the run's summary.json
                     write_finished_run(results_dir, ids[i], out["files"])
                     relay.done.remote(ids[i])
                     if out["attempt"] > 1:

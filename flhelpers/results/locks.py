@@ -130,8 +130,8 @@ def hold_run(results_dir: str | os.PathLike, run_id: str, poll_s: float | None =
     """Hold the run's lock while the block runs, waiting while another process holds it.
 
     Re-entrant for the thread that already holds it (a caller that wrapped the run in
-    :func:`claim_run`, as ``tools/run_reference.py`` does): then it does nothing. A lock left by
-    a process of this host that no longer exists is removed and taken over. While another live
+    :func:`claim_run` or :func:`hold_run`, as a recorded grid run does): then it does nothing.
+    A lock left by a process of this host that no longer exists is removed and taken over. While another live
     holder computes the run, a warning names it and the lock file, and this waits (the caller
     then finds the run finished and reuses it); a holder on another host is waited for too. A
     lock that names no holder (an older flhelpers made it) cannot be checked: after

@@ -27,11 +27,19 @@ own weight vector: FoolsGold's ``alpha`` (``info["alpha"]``, also in poisoned-st
 rule still runs and only its aggregate is discarded), else ``AggregationResult.weights`` (FedAvg and
 LFighter: the sample counts of the peers they keep). Rounds in which the rule's weights are not known
 (a poisoned-start round of a rule other than FoolsGold) have NaN shares.
+
+``python -m flhelpers_lab study foolsgold-trap [--out DIR] [--reverse] [--summarize]`` (:func:`main`)
+computes the study's runs through :func:`flhelpers.fl.grid.run_grid` with :class:`WeightShares`
+into ``<out>/runs`` (default :func:`study_dir`) and writes ``rounds.csv`` and ``summary.md``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,11 +47,14 @@ import numpy as np
 import pandas as pd
 
 from flhelpers.config import ExperimentConfig, benchmark_config
-from flhelpers.results import append_csv_row, finished_metrics
-from flhelpers_lab.reference import reference_dir
+from flhelpers.fl.grid import RunRecorder, RunRecording, run_grid
+from flhelpers.results import append_csv_row, atomic_write_text, finished_metrics, is_finished, run_dir
+from flhelpers.results.tables import to_markdown
+from flhelpers_lab.store import reference_dir
 
-__all__ = ["ARXIV_SETTING", "SWEEP_DEFENSES", "SWEEP_K", "WeightShareRecorder", "read_shares", "run_source_holders",
-           "share_path", "source_holders", "study_configs", "study_dir", "trap_rounds", "trap_summary"]
+__all__ = ["ARXIV_SETTING", "COPYABLE", "SWEEP_DEFENSES", "SWEEP_K", "WeightShareRecorder", "WeightShares",
+           "copy_reference_runs", "main", "read_shares", "run_source_holders", "run_study", "share_path",
+           "source_holders", "study_configs", "study_dir", "summarize", "trap_rounds", "trap_summary"]
 
 SWEEP_K: tuple[int, ...] = (0, 2, 4, 8)
 SWEEP_DEFENSES: tuple[str, ...] = ("foolsgold", "fedavg", "lfighter")
@@ -56,7 +67,7 @@ COLUMNS = ("round", "poisoned", "known", *(f"share_{g}" for g in GROUPS), "weigh
 
 def study_dir(profile: str = "medium") -> Path:
     """The committed study: ``results/reference/<profile>/foolsgold-trap`` (runs, ``shares/``, ``summary.md``),
-    written by ``tools/foolsgold_trap_study.py``."""
+    written by :func:`main`."""
     return reference_dir(profile) / "foolsgold-trap"
 
 
@@ -92,9 +103,9 @@ def _shares(weights: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str, flo
     return {f"share_{g}": float(weights[mask].sum() / total) for g, mask in groups.items()}
 
 
-class WeightShareRecorder:
+class WeightShareRecorder(RunRecording):
     """``on_round`` callback of :func:`flhelpers.fl.engine.run_experiment` appending each round's
-    weight shares (module docstring) to ``path`` (CSV).
+    weight shares (module docstring) to ``path`` (CSV); a grid run's recording (:class:`WeightShares`).
 
     Args:
         path: the record's CSV (:func:`share_path`).
@@ -138,6 +149,25 @@ class WeightShareRecorder:
 def share_path(results_dir: str | Path, run_id: str) -> Path:
     """Where a run's weight-share record lives: ``<results_dir>/shares/<run-id>.csv``."""
     return Path(results_dir) / "shares" / f"{run_id}.csv"
+
+
+@dataclass(frozen=True)
+class WeightShares(RunRecorder):
+    """The grid's recorder of the study: each run computed gets its weight-share record
+    (:class:`WeightShareRecorder`, :func:`share_path`). A finished run without one (a k = 0 run
+    copied from the reference store) is read back as it is, not computed again."""
+
+    def outputs(self, cfg: ExperimentConfig) -> tuple[str, ...]:
+        """``shares/<run-id>.csv``."""
+        return (share_path("", cfg.run_id()).as_posix(),)
+
+    def needs_computing(self, cfg: ExperimentConfig, results_dir: str | Path) -> bool:
+        return False
+
+    def start(self, cfg: ExperimentConfig, results_dir: Path) -> RunRecording:
+        rid = cfg.run_id()
+        return WeightShareRecorder(share_path(results_dir, rid), run_dir(results_dir, rid) / "config.json",
+                                   cfg.source_class)
 
 
 def read_shares(path: str | Path) -> pd.DataFrame:
@@ -194,3 +224,89 @@ def trap_summary(rounds: pd.DataFrame, last: int = 10) -> pd.DataFrame:
             row[f"mean_{col}"] = float(after[col].mean()) if col in after else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: the files of a finished run that :func:`copy_reference_runs` copies
+COPYABLE = ("config.json", "metrics.csv", "summary.json", "timings.csv")
+
+
+def copy_reference_runs(configs: Sequence[ExperimentConfig], out: str | Path, reference: str | Path) -> list[str]:
+    """Copy the study's k = 0 FedAvg and LFighter runs finished in the store ``reference`` (the same
+    run id) into ``out`` instead of computing them; they come without a weight record (FedAvg's
+    weights are the sample counts, LFighter's are in its own record). Returns the copied run ids."""
+    copied = []
+    for cfg in configs:
+        rid = cfg.run_id()
+        target, ref = run_dir(out, rid), run_dir(reference, rid)
+        if cfg.defense == "foolsgold" or cfg.poisoned_rounds != 0 or is_finished(target) or not is_finished(ref):
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        for name in COPYABLE:
+            if (ref / name).is_file():
+                shutil.copy2(ref / name, target / name)
+        print(f"{cfg.defense} k={cfg.poisoned_rounds} {rid}: copied from {reference}", flush=True)
+        copied.append(rid)
+    return copied
+
+
+def run_study(profile: str, out: str | Path, reference: str | Path, data_root: str | None = None,
+              threads: int = 1, workers: int = 1, reverse: bool = False) -> pd.DataFrame:
+    """Compute the study's runs (:func:`study_configs`) into ``out``: the copies of
+    :func:`copy_reference_runs` first, then one grid (:func:`flhelpers.fl.grid.run_grid`: finished runs
+    read back, unfinished ones resumed) with :class:`WeightShares`, ``threads`` torch threads per run.
+    A run being computed holds ``runs/<run-id>.lock``, so a second process (``reverse``: the plan last
+    run first) can share the plan: it waits for that run, then reads it back."""
+    configs = study_configs(profile)
+    copy_reference_runs(configs, out, reference)
+    return run_grid(list(reversed(configs)) if reverse else configs, data_root, out, threads=threads,
+                    workers=workers, recorder=WeightShares())
+
+
+def summarize(profile: str, out: str | Path) -> str:
+    """Write ``rounds.csv`` (metrics and shares per run and round, :func:`trap_rounds`) and
+    ``summary.md`` (:func:`trap_summary`) into ``out``; returns the summary's text."""
+    out = Path(out)
+    rounds = trap_rounds(out, study_configs(profile))
+    if rounds.empty:
+        return "no finished run yet\n"
+    rounds.to_csv(out / "rounds.csv", index=False)
+    summary = trap_summary(rounds)
+    text = ("# FoolsGold's self-locking state: poisoned-start sweep and weight shares\n\n"
+            "Written by `python -m flhelpers_lab study foolsgold-trap` (module "
+            "`flhelpers_lab.investigations.foolsgold_trap`). "
+            "MNIST at the `medium` structure, 40 % attackers (7 -> 1), seed 0. `k`: poisoned-start rounds "
+            "(the server applies the attackers' FedAvg). Src-Acc, ASR, All-Acc: last-10 means (%). "
+            "`escaped_at`: first round from which Src-Acc stays above 50 %. Shares: mean share of the "
+            "rule's weight held by the attackers and by the honest source holders (>= 1/C of their "
+            "samples are 7s) over rounds t >= k.\n\n"
+            + to_markdown(summary.drop(columns=["run_id"]).set_index("label"), digits=3) + "\n")
+    atomic_write_text(out / "summary.md", text)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flhelpers_lab study foolsgold-trap [--out DIR] [--reverse] [--summarize]``: compute the
+    study (:func:`run_study`) and write its summary (:func:`summarize`); ``--summarize`` only writes
+    ``rounds.csv`` and ``summary.md``."""
+    p = argparse.ArgumentParser(prog="python -m flhelpers_lab study foolsgold-trap", description=main.__doc__)
+    p.add_argument("--profile", default="medium")
+    p.add_argument("--out", default=None, help="default: results/reference/<profile>/foolsgold-trap")
+    p.add_argument("--reference", default=None,
+                   help="store whose k = 0 runs are copied (default: results/reference/<profile>)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--workers", type=int, default=1, help="processes computing runs side by side")
+    p.add_argument("--reverse", action="store_true",
+                   help="the plan last run first (a second process meets the first in the middle)")
+    p.add_argument("--summarize", action="store_true", help="only write rounds.csv and summary.md")
+    p.add_argument("--data-root", default=os.environ.get("FLHELPERS_DATA"))
+    args = p.parse_args(argv)
+    out = Path(args.out) if args.out else study_dir(args.profile)
+    if not args.summarize:
+        run_study(args.profile, out, args.reference or reference_dir(args.profile), args.data_root, args.threads,
+                  args.workers, args.reverse)
+    print(summarize(args.profile, out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -141,7 +141,7 @@ def _summary_line(store: Path, label: str, rid: str) -> str:
 def docs_markdown(store: str | Path) -> str:
     """``docs/findings/cifar10-mild.md``: the two LFighters against the paper, written from the committed store."""
     from flhelpers.results import load_results
-    from flhelpers_lab.reference import lfighter_variants
+    from flhelpers_lab.table3 import lfighter_variants
 
     store = Path(store)
     summaries = load_results(store)
@@ -196,7 +196,7 @@ def docs_markdown(store: str | Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flhelpers_lab.reference import reference_dir
+    from flhelpers_lab.store import reference_dir
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results-dir", default=None, help="default: results/reference/medium")

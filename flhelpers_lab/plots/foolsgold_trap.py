@@ -35,7 +35,7 @@ def plot_weight_shares(rounds: pd.DataFrame, defense: str = "foolsgold") -> Figu
     runs = rounds[rounds["defense"] == defense]
     labels = list(dict.fromkeys(runs.sort_values(["lr", "poisoned_rounds"], ascending=[False, True])["label"]))
     if not labels:
-        raise ValueError(f"no finished {defense} run in the table; run tools/foolsgold_trap_study.py first.")
+        raise ValueError(f"no finished {defense} run in the table; run `python -m flhelpers_lab study foolsgold-trap` first.")
     fig, axes = plt.subplots(2, len(labels), figsize=(3.6 * len(labels), 6.2), sharex="col", squeeze=False)
     for col, label in enumerate(labels):
         g = runs[runs["label"] == label].sort_values("round")
@@ -73,7 +73,7 @@ def plot_sweep_source_accuracy(rounds: pd.DataFrame) -> Figure:
     sweep = rounds[(rounds["local_epochs"] == 1)]
     ks = sorted(sweep["poisoned_rounds"].unique())
     if not ks:
-        raise ValueError("no finished sweep run in the table; run tools/foolsgold_trap_study.py first.")
+        raise ValueError("no finished sweep run in the table; run `python -m flhelpers_lab study foolsgold-trap` first.")
     fig, axes = plt.subplots(1, len(ks), figsize=(3.6 * len(ks), 3.4), sharey=True, squeeze=False)
     for ax, k in zip(axes[0], ks):
         for defense, g in sweep[sweep["poisoned_rounds"] == k].groupby("defense", sort=False):

@@ -1,6 +1,6 @@
 """Why CIFAR10 rounds exploded: the short last batch, its BatchNorm statistics, or the average?
 
-    python tools/last_batch_study.py --rounds 3 --out results/reference/medium/last-batch
+    python -m flhelpers_lab study last-batch --rounds 3 --out results/reference/medium/last-batch
 
 The committed 10,000-image CIFAR10-Mild FedAvg run without attack (run ``b8a7f63bb2e4349b``:
 20 peers, Dirichlet 1, ResNet18, batch 32, SGD lr 0.01, momentum 0.9, weight decay 5e-4, 1 local
@@ -21,7 +21,9 @@ counterfactual variants that change one thing at a time:
 
 Per peer (``peers.csv``, round 0): the short batch's size and the local model's test loss in
 evaluation mode with and without the short batch's statistics. Writes ``rounds.csv``,
-``peers.csv`` and ``summary.md``.
+``peers.csv`` and ``summary.md``. No run is stored: the variants train outside the engine's
+round loop, from the run's own global model of each round (the committed run's metrics are read
+from git, commit ``d6b1a5e``, where its folder still was).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import io
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,6 +50,8 @@ from flhelpers.models import loss_fn
 from flhelpers.params import flatten_buffers, flatten_params, load_flat_buffers, load_flat_params
 from flhelpers.seeding import derive_seed
 from flhelpers.results.tables import to_markdown
+
+__all__ = ["COMMITTED", "VARIANTS", "bn_var_range", "describe", "local_update", "main", "reading", "recalibrate"]
 
 COMMITTED = "b8a7f63bb2e4349b"
 VARIANTS = ("short batch", "drop_last", "short step, old stats", "stats only", "short batch, recalibrated")
@@ -141,13 +145,15 @@ def reading(frame: pd.DataFrame, peers: pd.DataFrame) -> str:
             "profile uses it; a batch of one, which BatchNorm cannot train on at all, is refused before training.\n")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flhelpers_lab study last-batch [--rounds 3] [--out DIR]``: the study (module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m flhelpers_lab study last-batch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="results/reference/medium/last-batch")
     p.add_argument("--data-root", default=os.environ.get("FLHELPERS_DATA"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = benchmark_config("cifar10-mild", "medium", rounds=20, drop_last=False,
                            dataset_kwargs={"train_batches": 1})
@@ -218,7 +224,8 @@ def main() -> None:
     text += reading(frame, peers)
     (out / "summary.md").write_text(text)
     print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,13 +1,13 @@
-"""The ``paper`` CIFAR10-Mild profile on a lent GPU, within a wall-clock budget (issues 18 and 30).
+"""The ``paper`` CIFAR10-Mild profile on a lent GPU, within a wall-clock budget.
 
 Prepare here (once; the data goes into the git-excluded ``.gpudata/``, which the device call carries)::
 
-    python tools/gpu_paper_cifar.py --pack .gpudata
+    python -m flhelpers_lab study gpu-paper-cifar --pack .gpudata
 
-Then on the device (one call; ``$OUT`` comes back)::
+Then on the device (one call; ``$OUT`` comes back; the module needs only ``flhelpers``)::
 
-    PYTHONUNBUFFERED=1 PYTHONPATH=. python3 tools/gpu_paper_cifar.py --data-root .gpudata \\
-        --out $OUT --budget-s 480
+    PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m flhelpers_lab.investigations.gpu_paper_cifar \\
+        --data-root .gpudata --out $OUT --budget-s 480
 
 The first line of output says what will run, on which device, for how long. ``--mode paper``
 (default) runs FedAvg without attack first, then LFighter at 40 % attackers; ``--mode
@@ -33,7 +33,10 @@ aggregation and evaluation seconds (median over the rounds after the first), pee
 second, the GPU's peak memory, the trainer and ``config.json``'s ``runtime`` (device, CUDA and
 cuDNN versions, precision flags, deterministic mode, the vectorized chunk).
 
-``--tiny`` runs the same code at a size the CPU finishes in a minute (the test of this script).
+``--tiny`` runs the same code at a size the CPU finishes in a minute (the test of this module).
+The runs are computed by ``run_experiment`` itself, not a grid: each stops when its share of the
+budget is spent (``after_round``), which leaves it unfinished, and falls back to the sequential
+backend when the vectorized check fails.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import shutil
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,6 +61,9 @@ from flhelpers.data.cifar10 import CIFAR10_FOLDER
 from flhelpers.fl.engine import run_experiment
 from flhelpers.fl.vectorized import VectorizedUnsupported
 from flhelpers.results import atomic_write_text, csv_text, run_dir
+
+__all__ = ["BudgetedRun", "MODES", "configs", "device_name", "label", "main", "pack", "peak_memory", "plan_line",
+           "round_stats", "run_within"]
 
 
 def pack(dest: Path, data_root: str | None, test_per_class: int = 500) -> None:
@@ -118,6 +124,7 @@ def plan_line(mode: str, cfgs: list[Any], device: str, budget_s: float) -> str:
 
 
 def device_name(device: str) -> str:
+    """The GPU's name, or ``cpu``."""
     return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
 
 
@@ -167,6 +174,7 @@ class BudgetedRun:
 
 
 def peak_memory() -> dict[str, Any]:
+    """The GPU's peak allocated memory so far (GiB; ``None`` without CUDA)."""
     return {"peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
 
 
@@ -214,10 +222,14 @@ def run_within(cfg: Any, out: Path, store: Path, data_root: str | None, seconds:
     print(f"{label(cfg)}: {entry['rounds_done']} of {cfg.rounds} rounds after {entry['wall_s']:.0f} s", flush=True)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flhelpers_lab study gpu-paper-cifar [--pack DIR | --mode MODE --out DIR --budget-s S]``:
+    pack the data, or run the mode's runs within the budget (module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m flhelpers_lab.investigations.gpu_paper_cifar", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pack", default=None, help="only pack the data into this folder and stop")
-    p.add_argument("--mode", default="paper", choices=tuple(MODES), help="; ".join(f"{k}: {v}" for k, v in MODES.items()))
+    modes = "; ".join(f"{k}: {v}" for k, v in MODES.items()).replace("%", "%%")  # argparse formats help with %
+    p.add_argument("--mode", default="paper", choices=tuple(MODES), help=modes)
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="results/reference/paper")
     p.add_argument("--store", default="/tmp/flhelpers-gpu", help="the results store (checkpoints stay here)")
@@ -225,11 +237,11 @@ def main() -> None:
     p.add_argument("--checkpoint-every", type=int, default=25,
                    help="rounds between checkpoints (45 MB each for ResNet18; 0: none), besides one at a stop")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--tiny", action="store_true", help="a CPU-sized run of the same code (the script's test)")
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="a CPU-sized run of the same code (the module's test)")
+    args = p.parse_args(argv)
     if args.pack:
         pack(Path(args.pack), args.data_root)
-        return
+        return 0
     start = time.perf_counter()
     cfgs = configs(args.device, args.tiny, args.mode)
     print(plan_line(args.mode, cfgs, args.device, args.budget_s), flush=True)
@@ -251,7 +263,8 @@ def main() -> None:
         run_within(cfg, out, store, args.data_root, share, entry, write_report, args.checkpoint_every)
     write_report()
     print(json.dumps(report, indent=2, default=str))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
