@@ -10,11 +10,19 @@ reverse (tests/test_architecture.py holds it).
   checks, ``table3.md`` (its written reasons are ``docs/findings/table3.md``);
 * :mod:`~flhelpers_lab.store` - where results live: the committed ``medium`` store and the working copies;
 * :mod:`~flhelpers_lab.reproduce` - the notebooks run headless (``python -m flhelpers_lab reproduce``);
-* :mod:`~flhelpers_lab.beyond`, :mod:`~flhelpers_lab.related`, :mod:`~flhelpers_lab.privacy` -
+* :mod:`~flhelpers_lab.benchmark` - what the three benchmark notebooks (one template) show;
+* :mod:`~flhelpers_lab.beyond` (with :mod:`~flhelpers_lab.beyond_plan` and
+  :mod:`~flhelpers_lab.beyond_analysis`), :mod:`~flhelpers_lab.related`, :mod:`~flhelpers_lab.privacy` -
   the Beyond, Related and Privacy notebooks' studies;
+* :mod:`~flhelpers_lab.compute` - computes the committed plan's missing runs
+  (``python -m flhelpers_lab study compute``); :mod:`~flhelpers_lab.lfighter_record` - LFighter's
+  per-round record, a recorder of the grid runner;
 * :mod:`~flhelpers_lab.investigations` - one module per investigation, each with its own
   ``main`` (``python -m flhelpers_lab study --list``);
-* :mod:`~flhelpers_lab.plots` - the studies' figures.
+* :mod:`~flhelpers_lab.plots` - the studies' figures;
+* :mod:`~flhelpers_lab.findings` - reads the written findings of ``docs/findings/``;
+  :mod:`~flhelpers_lab.docsite` (with :mod:`~flhelpers_lab.docsite_hooks` and
+  :mod:`~flhelpers_lab.docsite_markup`) - the documentation site's generated pages (``make docs``).
 
 Findings and their reasons are written in ``docs/``, not here.
 """

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flhelpers_lab import docsite
+from flhelpers_lab import docsite, docsite_hooks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_links_into_the_store_and_the_repository(tmp_path):
     page, up = "findings/example.md", "../../results/reference/medium"
 
     def link(target):
-        return docsite.map_link(target, page, docs, root)
+        return docsite_hooks.map_link(target, page, docs, root)
 
     # the committed Table 3 -> the generated results page; a study's summary (or its folder) -> the site's copy
     assert link(f"{up}/table3.md") == ("../results/table3.md", None)
@@ -61,7 +61,7 @@ def test_pages_link_committed_run_ids_and_repository_files():
     run_id = next(iter(docsite.committed_runs()))
     text = (f"run `{run_id}`, unknown `0123456789abcdef`, [the presets](../../flhelpers/presets.py)\n"
             f"```\n`{run_id}`\n```\n")
-    out = docsite.rewrite_links(text, "findings/example.md", docsite.DOCS)
+    out = docsite_hooks.rewrite_links(text, "findings/example.md", docsite.DOCS)
     assert f"[`{run_id}`](../store/runs.md#{run_id})" in out
     assert "unknown `0123456789abcdef`" in out
     assert "the presets (`flhelpers/presets.py`)" in out
