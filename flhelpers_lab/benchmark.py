@@ -43,23 +43,14 @@ from flhelpers_lab.lfighter_record import records_table
 from flhelpers_lab.paper import (PAPER_FIGURE_READINGS, capture_configs, check_findings, has_plan, notebook_plan,
                                  paper_comparison, plan_table, scale_note, stability_ratio, write_benchmark_tables)
 from flhelpers_lab.store import results_store
-from flhelpers_lab.table3 import PAPER_ALL_ACC_40, PAPER_TABLE3, TABLE3_BENCHMARKS, TABLE3_DEFENSES
+from flhelpers_lab.published import (PAPER_ALL_ACC_40, PAPER_TABLE1, PAPER_TABLE1_BENCHMARK, PAPER_TABLE3,
+                                     TABLE3_BENCHMARKS, TABLE3_DEFENSES)
 
-__all__ = ["BenchmarkReport", "PAPER_TABLE1", "PAPER_TABLE1_BENCHMARK", "TABLE3_RATIO", "dataset_benchmarks",
+__all__ = ["BenchmarkReport", "TABLE3_RATIO", "dataset_benchmarks",
            "paper_table1", "paper_table3", "plan_overview", "setting_table"]
 
 #: the attacker ratio of the journal's Table 3
 TABLE3_RATIO = 0.4
-#: the paper's Table 1 (CIFAR10-iid): a good and a bad update of the same peer, per part of the model
-#: (columns :data:`flhelpers.analysis.gradients.PARTS`), in the rows of
-#: :func:`flhelpers.analysis.gradients.compare_updates`
-PAPER_TABLE1: dict[str, tuple[float, float, float, float]] = {
-    "magnitude (good)": (351123.0, 72.94, 23.38, 55.30),
-    "magnitude (bad)": (351107.0, 100.23, 64.43, 65.95),
-    "angle (degrees)": (0.41, 69.19, 115.0, 18.0),
-}
-#: the benchmark of the paper's Table 1
-PAPER_TABLE1_BENCHMARK = "cifar10-iid"
 
 
 def dataset_benchmarks(dataset: str) -> list[str]:

@@ -4,7 +4,7 @@
 grid (paper section 6.1) at ``paper``, Table 3's structure at ``medium``, a smaller one at
 ``quick`` (section comments say why); :func:`plan_grid` turns a plan into configurations, and
 :func:`capture_config` names the run whose gradients a notebook analyses.
-``PAPER_FIGURE_READINGS`` are the paper's figures in words; :func:`paper_comparison` and
+the paper's figures in words are :data:`flhelpers_lab.published.PAPER_FIGURE_READINGS`; :func:`paper_comparison` and
 :func:`check_findings` set a grid's summaries beside the paper's Table 3 and findings;
 :func:`write_benchmark_tables` writes a benchmark's tables. The paper's Table 3 itself, its rows
 and the cells of a grid are :mod:`flhelpers_lab.table3`'s.
@@ -26,9 +26,10 @@ from flhelpers.presets import PAPER_RATIOS
 from flhelpers.results import is_finished, run_dir
 from flhelpers.analysis.capture import capture_folder
 from flhelpers.results.tables import metric_table, paper_order, pair_table, write_table
-# TABLE3_BENCHMARKS is imported here for the notebooks too: which Table 3 row a benchmark's comparison uses
-from flhelpers_lab.table3 import (PAPER_TABLE3, RELEASED_LFIGHTER, ROW_TITLES, TABLE3_BENCHMARKS, TABLE3_ROWS,
-                                  cell_mean)
+# PAPER_FIGURE_READINGS and TABLE3_BENCHMARKS are imported here for the notebooks too
+from flhelpers_lab.published import (PAPER_FIGURE_READINGS, PAPER_TABLE3, RELEASED_LFIGHTER, ROW_TITLES,
+                                     TABLE3_BENCHMARKS, TABLE3_ROWS)
+from flhelpers_lab.table3 import cell_mean
 
 
 @dataclass(frozen=True)
@@ -130,21 +131,6 @@ def plan_grid(benchmark: str, profile: str = "quick", defenses: Sequence[str] | 
 
 
 # ------------------------------------------------------------------ the paper's figures, and the comparisons
-
-#: what the paper's figures show across 0-50 % attackers (paper section 6.2)
-PAPER_FIGURE_READINGS: dict[str, str] = {
-    "mnist-iid": "every defense but FoolsGold holds up to 40 % attackers (FedAvg included); at 50 % only "
-                 "Multi-Krum and LFighter hold; FoolsGold's Src-Acc plummets and its ASR nears 100 % as soon "
-                 "as attackers appear (Fig 7)",
-    "mnist-mild": "close to MNIST-iid; FoolsGold does better than on iid data (Fig 8)",
-    "mnist-extreme": "LFighter Src-Acc about 86-90 % at every ratio with no false positives; FedAvg 90 -> 47 %; "
-                     "the median and the repeated median collapse (All-Acc about 11 %) (Fig 9)",
-    "cifar10-iid": "every defense but FoolsGold and LFighter degrades as attackers grow (Fig 10)",
-    "cifar10-mild": "LFighter Src-Acc about 58-62 % at every ratio; FedAvg 66 -> 17 %; every other defense "
-                    "degrades (Fig 11)",
-    "imdb": "LFighter Src-Acc about 85-87 % at every ratio, FoolsGold about the same; FedAvg 86 -> 5 % (Fig 12)",
-}
-
 
 def paper_comparison(summaries: pd.DataFrame, paper_key: str, ratio: float | None = None) -> pd.DataFrame:
     """'This project vs the paper': Src-Acc and ASR (%) per defense, ours at ``ratio`` (default:

@@ -1,7 +1,7 @@
 """The journal's Table 3 beside this project's runs: the paper's numbers, the cells, the table and ``table3.md``.
 
-The paper's Table 3 (:data:`PAPER_TABLE3`, :data:`PAPER_ALL_ACC_40`) and its rows as drawn here
-(:data:`TABLE3_ROWS`); one grid cell's runs and their mean (:func:`select_cell`, :func:`cell_mean`);
+The paper's Table 3 (:data:`~flhelpers_lab.published.PAPER_TABLE3`) and its rows as drawn here
+(:data:`~flhelpers_lab.published.TABLE3_ROWS`); one grid cell's runs and their mean (:func:`select_cell`, :func:`cell_mean`);
 :func:`table3` (ours beside the paper's), :func:`shape_checks`, :func:`other_runs` (the benchmarks the
 paper shows in figures only), :func:`lfighter_variants` (the paper's and the released LFighter);
 :func:`write_table3` writes them.
@@ -10,8 +10,8 @@ The written reasons live in ``docs/findings/table3.md``, one section ``### <benc
 per cell more than :data:`REASON_THRESHOLD` points from the paper's at the ``medium`` profile
 (``### <benchmark>`` for a benchmark outside Table 3). :func:`write_table3` reads the page each
 time (:func:`table3_reasons`, :func:`other_findings`), so ``table3.md`` shows every reason in
-full, and it stops, naming the heading to add, when such a cell has none. :mod:`flhelpers_lab.paper`
-imports this module; its figure readings are read here only inside :func:`table3_markdown`.
+full, and it stops, naming the heading to add, when such a cell has none. The paper's own
+numbers are :mod:`flhelpers_lab.published`.
 """
 
 from __future__ import annotations
@@ -29,38 +29,9 @@ from flhelpers.config import LEGACY_VALUES, ConfigError, ExperimentConfig, bench
 from flhelpers.results import atomic_write_text, load_results
 from flhelpers.results.tables import to_markdown
 from flhelpers_lab.findings import findings_page, page_sections
+from flhelpers_lab.published import (PAPER_ALL_ACC_40, PAPER_FIGURE_READINGS, PAPER_TABLE3, RELEASED_LFIGHTER, ROW_TITLES,
+                                     TABLE3_BENCHMARKS, TABLE3_DEFENSES, TABLE3_ROWS)
 
-#: the rules of the journal's Table 3 (paper section 6.2), in its column order
-TABLE3_DEFENSES = ("fedavg", "median", "trimmed-mean", "multi-krum", "foolsgold", "lfighter")
-#: the authors' released LFighter (:class:`~flhelpers.defenses.lfighter.LFighterReleased`), shown beside
-#: the paper's text in every LFighter cell: the paper has one LFighter cell, which both are compared with
-RELEASED_LFIGHTER = "lfighter-released"
-#: Table 3's rows as this project draws them: the paper's rules, then the released LFighter
-TABLE3_ROWS = TABLE3_DEFENSES + (RELEASED_LFIGHTER,)
-#: how the two LFighters are named in tables
-ROW_TITLES = {"lfighter": "lfighter (paper's text)", RELEASED_LFIGHTER: "lfighter (released code)"}
-
-#: Journal Table 3 of the paper at 40 % attackers: (Src-Acc %, ASR %) per benchmark and defense;
-#: ``fedavg-no-attack`` is FedAvg at 0 %. MNIST there is Dirichlet-split with lr 0.01.
-PAPER_TABLE3: dict[str, dict[str, tuple[float, float]]] = {
-    "mnist": {"fedavg-no-attack": (94.84, 0.49), "fedavg": (83.66, 9.44), "median": (81.13, 7.68),
-              "trimmed-mean": (80.74, 7.98), "multi-krum": (91.44, 1.56), "foolsgold": (0.00, 88.52),
-              "lfighter": (93.68, 0.68)},
-    "cifar10": {"fedavg-no-attack": (65.48, 14.90), "fedavg": (24.22, 52.93), "median": (23.53, 53.74),
-                "trimmed-mean": (21.62, 55.61), "multi-krum": (11.05, 71.62), "foolsgold": (29.92, 46.00),
-                "lfighter": (56.98, 12.10)},
-    "imdb": {"fedavg-no-attack": (86.03, 13.97), "fedavg": (12.43, 87.57), "median": (18.87, 81.13),
-             "trimmed-mean": (17.84, 82.16), "multi-krum": (0.00, 100.00), "foolsgold": (85.75, 14.25),
-             "lfighter": (85.44, 14.56)},
-}
-#: the journal's overall accuracy at 40 % (the paper's Table 3): FedAvg and LFighter only
-PAPER_ALL_ACC_40: dict[str, dict[str, float]] = {"mnist": {"fedavg": 95.11, "lfighter": 96.30},
-                                                 "cifar10": {"fedavg": 73.32, "lfighter": 72.82},
-                                                 "imdb": {"fedavg": 56.09, "lfighter": 87.57}}
-for _row in (*PAPER_TABLE3.values(), *PAPER_ALL_ACC_40.values()):
-    _row[RELEASED_LFIGHTER] = _row["lfighter"]  # the paper's one LFighter cell, beside both variants
-#: the benchmark each journal Table 3 row was measured on (its MNIST and CIFAR10 rows used a Dirichlet split)
-TABLE3_BENCHMARKS: dict[str, str] = {"mnist-mild": "mnist", "cifar10-mild": "cifar10", "imdb": "imdb"}
 #: benchmarks of the reference grid outside Table 3, shown in ``table3.md`` beside the paper's figure readings
 OTHER_BENCHMARKS = ("mnist-iid", "mnist-extreme")
 #: the benchmarks of the two LFighters' comparison (:func:`lfighter_variants`), in its order
@@ -409,7 +380,6 @@ def table3_markdown(t3: pd.DataFrame, checks: pd.DataFrame, profile: str = "medi
         lines.append(f"- **{r.benchmark}, {ROW_TITLES.get(r.defense, r.defense)}** (Src-Acc {_fmt(r.src_acc_diff, True)}, ASR "
                      f"{_fmt(r.asr_diff, True)} points): {r.reason or 'no reason written yet.'}")
     if others is not None and len(others):
-        from flhelpers_lab.paper import PAPER_FIGURE_READINGS  # lazily: paper.py imports this module
 
         lines += ["", "## MNIST-iid and MNIST-Extreme (not in Table 3; the paper shows them in figures)", ""]
         for b in others["benchmark"].unique():

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flhelpers_lab.benchmark import (PAPER_TABLE1, BenchmarkReport, dataset_benchmarks, paper_table1, paper_table3,
+from flhelpers_lab.benchmark import (BenchmarkReport, dataset_benchmarks, paper_table1, paper_table3,
                                      plan_overview)
+from flhelpers_lab.published import PAPER_TABLE1
 from flhelpers_lab.paper import plan_grid
 from flhelpers_lab.reproduce import NOTEBOOKS, notebooks_dir
 from flhelpers_lab.table3 import PAPER_TABLE3
