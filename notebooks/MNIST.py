@@ -11,7 +11,7 @@
 # the learning rate is raised so the model learns within the few rounds. MNIST-Extreme gets more
 # peers, more rounds and a higher learning rate than the other two splits, so that the source class
 # is learnt early enough for LFighter to hold it (the measurements behind each value are in
-# `flhelpers/presets.py`). The repeated median and the trimmed mean run only on MNIST-iid, where
+# `docs/findings/presets.md`). The repeated median and the trimmed mean run only on MNIST-iid, where
 # they are affordable. `profile="paper"` runs the paper's setting (all the paper's defenses, every attacker
 # ratio of the paper): many hours on a CPU.
 #
@@ -220,7 +220,7 @@ report.compare_with_paper()
 # * **LFighter holds on MNIST-Extreme only because the quick preset learns the source class early**,
 #   and by a narrow margin (the "LFighter holds" row). With fewer rounds or a lower learning rate it
 #   lost the class, and a setting that held on one seed failed on another (the measurements are in
-#   the comment above `QUICK` in `flhelpers/presets.py`): LFighter can catch the attackers only once
+#   `docs/findings/presets.md`): LFighter can catch the attackers only once
 #   the source class is learnt, and the quick learning rate is close to unstable on this split.
 #   The median's collapse does show.
 # * **FedAvg is hurt on MNIST-iid** at the grid's attacker ratio, where the paper finds it robust:
