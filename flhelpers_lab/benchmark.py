@@ -42,7 +42,7 @@ from flhelpers.results.tables import write_table
 from flhelpers_lab.lfighter_record import records_table
 from flhelpers_lab.paper import (PAPER_FIGURE_READINGS, capture_configs, check_findings, has_plan, notebook_plan,
                                  paper_comparison, plan_table, scale_note, stability_ratio, write_benchmark_tables)
-from flhelpers_lab.store import results_store
+from flhelpers_lab.store import prepare_results_store
 from flhelpers_lab.published import (PAPER_ALL_ACC_40, PAPER_TABLE1, PAPER_TABLE1_BENCHMARK, PAPER_TABLE3,
                                      TABLE3_BENCHMARKS, TABLE3_DEFENSES)
 
@@ -110,7 +110,7 @@ class BenchmarkReport:
         dataset: the notebook's dataset (``mnist``, ``cifar10``, ``imdb``); names its findings table.
         profile: ``quick``, ``medium`` or ``paper``.
         plan: the grid's configurations by benchmark (:func:`flhelpers_lab.paper.notebook_plan`).
-        results_dir: the results store, absolute (:func:`flhelpers_lab.store.results_store`).
+        results_dir: the results store, absolute (:func:`flhelpers_lab.store.prepare_results_store`).
         data_root: the data root (``None``: ``$FLHELPERS_DATA``, else ``./data``).
         seeds: the grid's seeds; the gradient analyses use the first.
         overrides: the configuration fields every run gets (rounds, peers, device, ...).
@@ -146,10 +146,10 @@ class BenchmarkReport:
         """The report of a notebook's parameters cell (the names are the cell's).
 
         ``benchmarks`` defaults to every benchmark of ``dataset`` with a grid at ``profile``; the
-        results store is :func:`~flhelpers_lab.store.results_store` (seeded from the committed runs
+        results store is :func:`~flhelpers_lab.store.prepare_results_store` (seeded from the committed runs
         at ``medium``); with ``only_finished`` a benchmark without a finished run is left out.
         """
-        store = results_store(results_dir, profile, force)
+        store = prepare_results_store(results_dir, profile, force)
         chosen = list(benchmarks or [b for b in dataset_benchmarks(dataset) if has_plan(b, profile)])
         overrides = dict(rounds=rounds, num_peers=peers, device=device, **(config_overrides or {}))
         plan = notebook_plan(chosen, profile, defenses, attacker_ratios, list(seeds), store, only_finished,

@@ -13,7 +13,7 @@ themselves (``<results_dir>/figures``, ``<results_dir>/tables``). Finished runs 
 a second call only re-draws.
 
 At ``medium`` the results store defaults to ``results/medium``, which is first seeded with the
-committed reference runs of ``results/reference/medium`` (:func:`flhelpers_lab.store.results_store`):
+committed reference runs of ``results/reference/medium`` (:func:`flhelpers_lab.store.prepare_results_store`):
 the three benchmark notebooks read every run back instead of computing it, and ``table3.csv`` /
 ``table3.md`` are written beside them. A run the committed store does not have yet (a row still
 being computed) is listed and left out (``only_finished``), since computing it takes hours:
@@ -227,7 +227,7 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
             ``refresh_reference`` with ``results_dir`` or at a profile without committed results,
             or ``compute_missing`` away from ``medium`` or with ``only_finished``.
     """
-    from flhelpers_lab.store import REFERENCE_PROFILES, reference_dir, results_store
+    from flhelpers_lab.store import REFERENCE_PROFILES, reference_dir, prepare_results_store
     from flhelpers_lab.table3 import write_table3
 
     import papermill as pm
@@ -254,7 +254,7 @@ def reproduce(profile: str = "quick", notebooks: Sequence[str] | None = None,
         if results_dir is not None:
             raise ValueError("--refresh-reference writes into results/reference/: leave out --results-dir.")
         results_dir = reference_dir(profile)
-    results = Path(results_store(results_dir, profile, force=force))
+    results = Path(prepare_results_store(results_dir, profile, force=force))
     out_dir = results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = medium_parameters(profile, force, compute_missing, parameters)

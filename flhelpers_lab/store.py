@@ -7,7 +7,7 @@ notebooks write, and the executed notebooks.
 
 Reading them never writes there. ``make reproduce PROFILE=medium`` (and a notebook opened at
 ``medium``) works in ``results/medium`` (:func:`default_results_dir`), a git-ignored store that
-:func:`results_store` first fills with copies of the committed runs and captures it lacks, so every
+:func:`prepare_results_store` first fills with copies of the committed runs and captures it lacks, so every
 run is read back, not recomputed, and the committed files stay as they are. Only an explicit
 refresh (``--refresh-reference``) uses the committed folder itself as the store
 (:func:`table3_folders` for ``python -m flhelpers_lab table3``).
@@ -57,7 +57,7 @@ def results_root() -> Path:
 def default_results_dir(profile: str) -> Path:
     """Where a profile's runs, figures and tables go by default (absolute): ``results/<profile>``
     for a profile with committed reference results (``results/medium``, a working copy that
-    :func:`results_store` seeds from ``results/reference/medium``), else ``results``."""
+    :func:`prepare_results_store` seeds from ``results/reference/medium``), else ``results``."""
     return results_root() / profile if profile in REFERENCE_PROFILES else results_root()
 
 
@@ -94,7 +94,7 @@ def seed_from_reference(store: str | Path, profile: str) -> int:
     return copied
 
 
-def results_store(results_dir: str | Path | None, profile: str, force: bool = False) -> str:
+def prepare_results_store(results_dir: str | Path | None, profile: str, force: bool = False) -> str:
     """The results store a notebook or ``reproduce`` uses, as an absolute path.
 
     ``results_dir`` when given, else :func:`default_results_dir`. At a profile with committed
@@ -131,4 +131,4 @@ def table3_folders(profile: str, results_dir: str | Path | None = None,
 
 
 __all__ = ["REFERENCE_PROFILES", "default_results_dir", "reference_dir", "repository_root", "results_root",
-           "results_store", "seed_from_reference", "table3_folders"]
+           "prepare_results_store", "seed_from_reference", "table3_folders"]

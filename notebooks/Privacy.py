@@ -52,11 +52,11 @@ from flhelpers.privacy import SmallConvNet
 from flhelpers_lab.plots.privacy import plot_accuracy_vs_epsilon, plot_reconstruction_grid
 from flhelpers_lab.privacy import dp_accuracy_study, privacy_profile, run_inversion_study
 from flhelpers.results.tables import write_table
-from flhelpers_lab.store import results_store
+from flhelpers_lab.store import prepare_results_store
 
 torch.set_num_threads(threads)
 P = privacy_profile(profile)
-results_dir = results_store(results_dir, profile)  # absolute: the same from notebooks/ and the root
+results_dir = prepare_results_store(results_dir, profile)  # absolute: the same from notebooks/ and the root
 started = time.perf_counter()
 studies = {}
 print(P.inversion)

@@ -53,14 +53,14 @@ import flhelpers  # noqa: F401  (registers every attack and rule: gaussian-noise
 from flhelpers.plots import save_figure
 from flhelpers_lab.plots.related import plot_elimination_detection, plot_elimination_effect, plot_ffl, plot_krum_ipm
 from flhelpers_lab import related as study
-from flhelpers_lab.store import results_store
+from flhelpers_lab.store import prepare_results_store
 
 if torch_threads:
     torch.set_num_threads(int(torch_threads))
 if benchmarks is None:
     benchmarks = ["mnist-iid"] + (["cifar10-iid"] if profile == "paper" else [])
 main = benchmarks[0]
-results_dir = results_store(results_dir, profile)  # absolute: the same from notebooks/ and the root
+results_dir = prepare_results_store(results_dir, profile)  # absolute: the same from notebooks/ and the root
 overrides = dict(rounds=rounds, num_peers=peers, device=device)
 started = time.perf_counter()
 print(f"profile {profile}; FFL on {benchmarks}; user elimination and Krum on {main}")
