@@ -30,7 +30,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from flhelpers.config import (BENCHMARKS, FIELD_SYNONYMS, PROFILES, ConfigError, ExperimentConfig, benchmark_config,
                               closest_field, validate_config)
@@ -361,6 +361,20 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def exit_code(command: Callable[[], int]) -> int:
+    """Run ``command`` and return its exit status; bad input (a config, value, missing or damaged
+    file) prints one ``error: ...`` line and gives 2, a failed run gives 1 (the runs finished before
+    it are kept). The library's and the lab's command lines both answer this way."""
+    try:
+        return command()
+    except (ConfigError, ValueError, FileNotFoundError, DataCorruptError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 #: the commands of the lab (``python -m flhelpers_lab``), which this library's command line does not have
 LAB_COMMANDS = ("reproduce", "table3", "study")
 
@@ -372,18 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"`python -m flhelpers_lab {' '.join(argv)}` (the `flhelpers-lab` script).", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "list":
-            return cmd_list()
-        if args.command == "grid":
-            return cmd_grid(args)
-        return cmd_run(args)
-    except (ConfigError, ValueError, FileNotFoundError, DataCorruptError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # a run of a grid failed; the runs finished before it are kept
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    commands = {"list": lambda: cmd_list(), "grid": lambda: cmd_grid(args)}
+    return exit_code(commands.get(args.command, lambda: cmd_run(args)))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from flhelpers.cli import exit_code
 from flhelpers.config import PROFILES, ConfigError
-from flhelpers.data.download import DataCorruptError
 
 #: ``study NAME``: the module whose ``main(argv)`` runs it
 STUDIES: dict[str, str] = {
@@ -78,6 +78,15 @@ def cmd_table3(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from flhelpers_lab.reproduce import reproduce
+
+    return reproduce(profile=args.profile, notebooks=args.notebooks, results_dir=args.results_dir,
+                     data_root=args.data_root, device=args.device, force=args.force,
+                     refresh_reference=args.refresh_reference, compute_missing=args.compute_missing,
+                     parameters={"only_finished": True} if args.only_finished else None)
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     if args.list or not args.name:
         for name, module in STUDIES.items():
@@ -92,24 +101,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "reproduce":
-            from flhelpers_lab.reproduce import reproduce
-
-            return reproduce(profile=args.profile, notebooks=args.notebooks,
-                             results_dir=args.results_dir, data_root=args.data_root,
-                             device=args.device, force=args.force, refresh_reference=args.refresh_reference,
-                             compute_missing=args.compute_missing,
-                             parameters={"only_finished": True} if args.only_finished else None)
-        if args.command == "table3":
-            return cmd_table3(args)
-        return cmd_study(args)
-    except (ConfigError, ValueError, FileNotFoundError, DataCorruptError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # a run failed; the runs finished before it are kept
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    commands = {"reproduce": lambda: cmd_reproduce(args), "table3": lambda: cmd_table3(args)}
+    return exit_code(commands.get(args.command, lambda: cmd_study(args)))
 
 
 if __name__ == "__main__":
